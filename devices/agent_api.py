@@ -1,0 +1,286 @@
+"""The server side of the agent protocol (devices/PROTOCOL.md): what devices call.
+
+Every request is validated completely before anything is written, so a malformed or
+unauthenticated report changes nothing.
+"""
+
+import ipaddress
+import json
+import re
+from datetime import timedelta
+from functools import wraps
+from urllib.parse import urlsplit
+
+from django.conf import settings
+from django.http import HttpResponse, JsonResponse
+from django.utils import timezone
+from django.views.decorators.csrf import csrf_exempt
+from django.views.decorators.http import require_http_methods
+
+from devices import services
+from devices.keys import push_secret_for
+from devices.models import AgentStatus
+from devices.services import AgentError
+from devices.versions import is_version, version_key
+
+MAX_BODY = 64 * 1024
+UUID_RE = re.compile(r"^[0-9a-f]{32}$")
+
+
+def _error(status: int, code: str, detail: str, fields: dict | None = None) -> JsonResponse:
+    payload = {"error": code, "detail": detail}
+    if fields:
+        payload["fields"] = fields
+    return JsonResponse(payload, status=status)
+
+
+def _bearer(request) -> str:
+    header = request.headers.get("Authorization", "")
+    scheme, _, token = header.partition(" ")
+    return token.strip() if scheme.lower() == "bearer" else ""
+
+
+def _json_body(request) -> dict:
+    if len(request.body) > MAX_BODY:
+        raise AgentError(413, "too_large", f"The body is larger than {MAX_BODY // 1024} KiB.")
+    try:
+        payload = json.loads(request.body or b"{}")
+    except (ValueError, UnicodeDecodeError):
+        raise AgentError(400, "invalid", "The body is not valid JSON.") from None
+    if not isinstance(payload, dict):
+        raise AgentError(400, "invalid", "The body must be a JSON object.")
+    return payload
+
+
+def agent_endpoint(view):
+    """csrf-exempt JSON endpoint; AgentError becomes its JSON error response."""
+
+    @csrf_exempt
+    @wraps(view)
+    def wrapper(request, *args, **kwargs):
+        try:
+            return view(request, *args, **kwargs)
+        except AgentError as error:
+            return _error(error.status, error.code, error.detail, error.fields)
+
+    return wrapper
+
+
+def device_endpoint(view):
+    """An agent endpoint authenticated by the device's api key; passes the device to the view."""
+
+    @agent_endpoint
+    @wraps(view)
+    def wrapper(request, *args, **kwargs):
+        api_key = _bearer(request)
+        device = services.device_for_api_key(api_key) if api_key else None
+        if device is None:
+            raise AgentError(401, "invalid_api_key", "Unknown api key, or the device was deleted.")
+        return view(request, device, *args, **kwargs)
+
+    return wrapper
+
+
+# --- Validation ----------------------------------------------------------------------------------
+
+
+class Invalid(Exception):
+    pass
+
+
+def _string(value, max_length: int = 100) -> str:
+    if not isinstance(value, str) or len(value) > max_length:
+        raise Invalid(f"must be a string of at most {max_length} characters")
+    return value
+
+
+def _boolean(value) -> bool:
+    if not isinstance(value, bool):
+        raise Invalid("must be true or false")
+    return value
+
+
+def _integer(value, low: int, high: int) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+        raise Invalid(f"must be an integer from {low} to {high}")
+    return value
+
+
+def _version(value) -> str:
+    if not isinstance(value, str) or not is_version(value):
+        raise Invalid("must be a version like 2.12.0")
+    return value.strip()
+
+
+def _http_url(value, *, allow_https: bool) -> str:
+    if value is None or value == "":
+        return ""
+    parts = urlsplit(_string(value, 200))
+    schemes = {"http", "https"} if allow_https else {"http"}
+    if parts.scheme not in schemes or not parts.hostname or parts.username or parts.password:
+        raise Invalid(f"must be an {' or '.join(sorted(schemes))} URL without credentials")
+    if parts.query or parts.fragment:
+        raise Invalid("must not have a query or fragment")
+    return value.rstrip("/")
+
+
+def _services(value) -> list:
+    if not isinstance(value, list) or len(value) > 50:
+        raise Invalid("must be a list of at most 50 services")
+    services_ = []
+    for item in value:
+        if not isinstance(item, dict) or "name" not in item:
+            raise Invalid("each service must be an object with a name")
+        services_.append(
+            {
+                "name": _string(item["name"], 100),
+                "image": _string(item.get("image", ""), 200),
+                "status": _string(item.get("status", ""), 30),
+                "container_id": _string(item.get("container_id", ""), 64),
+                "holds_update_lock": _boolean(item.get("holds_update_lock", False)),
+            }
+        )
+    return services_
+
+
+def _volumes(value) -> list:
+    if not isinstance(value, list) or len(value) > 50:
+        raise Invalid("must be a list of at most 50 volumes")
+    volumes = []
+    for item in value:
+        if not isinstance(item, dict) or "name" not in item:
+            raise Invalid("each volume must be an object with a name")
+        volumes.append(
+            {
+                "name": _string(item["name"], 100),
+                "files": _integer(item.get("files", 0), 0, 2**53),
+                "bytes": _integer(item.get("bytes", 0), 0, 2**53),
+            }
+        )
+    return volumes
+
+
+def _ip(value) -> str | None:
+    if value is None:
+        return None
+    try:
+        return str(ipaddress.ip_address(_string(value, 45)))
+    except ValueError:
+        raise Invalid("must be an IPv4 or IPv6 address") from None
+
+
+def clean_report(payload: dict, now) -> dict:
+    """A state report as model fields, or AgentError listing every bad field."""
+    fields, errors = {}, {}
+    converters = {
+        "status": lambda v: {"agent_status": AgentStatus(_string(v, 20))},
+        "os_version": lambda v: {"os_version": _version(v), "os_version_key": version_key(v)},
+        "agent_version": lambda v: {"agent_version": _version(v), "agent_version_key": version_key(v)},
+        "ip_address": lambda v: {"ip_address": _ip(v)},
+        "api_address": lambda v: {"api_address": _http_url(v, allow_https=True)},
+        "web_address": lambda v: {"web_address": _http_url(v, allow_https=False)},
+        "uptime_s": lambda v: {"booted_at": now - timedelta(seconds=_integer(v, 0, 10 * 365 * 86400))},
+        "release": lambda v: {"release_commit": _string(v or "", 40)},
+        "update_lock_held": lambda v: {"update_lock_held": _boolean(v)},
+        "os_update_progress": lambda v: {"os_update_progress": None if v is None else _integer(v, 0, 100)},
+        "services": lambda v: {"services": _services(v)},
+        "volumes": lambda v: {"volumes": _volumes(v)},
+    }
+    for name, convert in converters.items():
+        if name not in payload:
+            continue
+        try:
+            fields.update(convert(payload[name]))
+        except (Invalid, ValueError) as error:
+            errors[name] = str(error) if isinstance(error, Invalid) else "is not one of the known values"
+    if errors:
+        raise AgentError(400, "invalid", "The report has invalid fields; nothing was recorded.", errors)
+    return fields
+
+
+# --- Endpoints -----------------------------------------------------------------------------------
+
+
+@agent_endpoint
+@require_http_methods(["POST"])
+def register(request):
+    key = _bearer(request)
+    if not key:
+        raise AgentError(401, "invalid_provisioning_key", "Send the fleet's provisioning key as a Bearer token.")
+    payload = _json_body(request)
+    errors = {}
+    uuid = payload.get("uuid")
+    if not isinstance(uuid, str) or not UUID_RE.match(uuid):
+        errors["uuid"] = "must be 32 lowercase hex characters"
+    for name in ("os_version", "agent_version"):
+        try:
+            _version(payload.get(name))
+        except Invalid as error:
+            errors[name] = str(error)
+    if not isinstance(payload.get("device_type"), str):
+        errors["device_type"] = "is required"
+    name = payload.get("name") or ""
+    if not isinstance(name, str) or len(name) > 100:
+        errors["name"] = "must be a string of at most 100 characters"
+    if errors:
+        raise AgentError(400, "invalid", "The registration has invalid fields.", errors)
+    device, api_key = services.device_register(
+        provisioning_key=key,
+        uuid=uuid,
+        name=name,
+        device_type=payload["device_type"],
+        os_version=payload["os_version"].strip(),
+        agent_version=payload["agent_version"].strip(),
+    )
+    return JsonResponse(
+        {
+            "uuid": device.uuid,
+            "name": device.name,
+            "fleet": {"id": device.fleet_id, "name": device.fleet.name},
+            "api_key": api_key,
+            "push_secret": push_secret_for(device.uuid),
+            "report_interval_s": settings.AGENT_REPORT_INTERVAL_S,
+            "poll_interval_s": settings.AGENT_POLL_INTERVAL_S,
+        },
+        status=201,
+    )
+
+
+@device_endpoint
+@require_http_methods(["PATCH"])
+def report_state(request, device):
+    now = timezone.now()
+    fields = clean_report(_json_body(request), now)
+    services.device_report_state(device=device, fields=fields, now=now)
+    return HttpResponse(status=204)
+
+
+@device_endpoint
+@require_http_methods(["GET"])
+def target_state(request, device):
+    target = services.device_target_state(device)
+    etag = services.target_etag(target)
+    if request.headers.get("If-None-Match") == etag:
+        response = HttpResponse(status=304)
+    else:
+        response = JsonResponse(target)
+    response["ETag"] = etag
+    return response
+
+
+@device_endpoint
+@require_http_methods(["POST"])
+def action_result(request, device):
+    payload = _json_body(request)
+    key, state, reason = payload.get("key"), payload.get("state"), payload.get("reason", "")
+    errors = {}
+    if not isinstance(key, str) or len(key) > 60:
+        errors["key"] = "is required"
+    if state not in services.RESULT_STATES:
+        errors["state"] = f"must be one of {', '.join(services.RESULT_STATES)}"
+    if not isinstance(reason, str):
+        errors["reason"] = "must be a string"
+    if errors:
+        raise AgentError(400, "invalid", "The result has invalid fields.", errors)
+    services.action_record_result(device=device, key=key, state=state, reason=reason[:300])
+    return HttpResponse(status=204)

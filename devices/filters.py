@@ -1,0 +1,89 @@
+"""The device list's filters. The same FilterSet turns a saved view's or a selection's querystring
+back into a queryset, so "all N matching" is carried as the filter, never as ids."""
+
+import django_filters
+from django import forms
+from django.db.models import Q, QuerySet
+from django.http import QueryDict
+
+from devices.models import Device, DeviceStatus, DeviceType
+from devices.selectors import status_q
+from devices.versions import is_version, version_key
+
+YES_NO = [("yes", "Yes"), ("no", "No")]
+
+
+class DeviceFilterForm(forms.Form):
+    def _clean_version(self, field: str) -> str:
+        value = (self.cleaned_data.get(field) or "").strip()
+        if value and not is_version(value):
+            raise forms.ValidationError("Use a version like 2.12.0.")
+        return value
+
+    def clean_os_version(self):
+        return self._clean_version("os_version")
+
+    def clean_agent_version(self):
+        return self._clean_version("agent_version")
+
+
+class DeviceFilter(django_filters.FilterSet):
+    q = django_filters.CharFilter(method="filter_search", label="Name or UUID")
+    status = django_filters.ChoiceFilter(choices=DeviceStatus.choices, method="filter_status", label="Status")
+    device_type = django_filters.ModelChoiceFilter(
+        queryset=DeviceType.objects.all(), to_field_name="slug", label="Device type"
+    )
+    os_version = django_filters.CharFilter(method="filter_os_version", label="OS version")
+    os_op = django_filters.ChoiceFilter(
+        choices=[("eq", "equal to"), ("lt", "older than")], method="filter_noop", label="OS comparison",
+        empty_label=None,
+    )
+    agent_version = django_filters.CharFilter(method="filter_agent_version", label="Agent version")
+    public_url = django_filters.ChoiceFilter(choices=YES_NO, method="filter_flag", label="Public URL")
+    local_mode = django_filters.ChoiceFilter(choices=YES_NO, method="filter_flag", label="Local mode")
+    lock_held = django_filters.ChoiceFilter(choices=YES_NO, method="filter_flag", label="Update lock held")
+
+    FLAG_FIELDS = {"public_url": "public_url_enabled", "local_mode": "local_mode", "lock_held": "update_lock_held"}
+
+    class Meta:
+        model = Device
+        fields = []
+        form = DeviceFilterForm
+
+    def filter_search(self, queryset, name, value):
+        value = value.strip()
+        if not value:
+            return queryset
+        query = Q(name__icontains=value)
+        compact = value.replace("-", "").lower()
+        if len(compact) >= 4 and all(c in "0123456789abcdef" for c in compact):
+            query |= Q(uuid__startswith=compact)
+        return queryset.filter(query)
+
+    def filter_status(self, queryset, name, value):
+        return queryset.filter(status_q(value))
+
+    def filter_os_version(self, queryset, name, value):
+        key = version_key(value)
+        if self.form.cleaned_data.get("os_op") == "lt":
+            return queryset.filter(os_version_key__lt=key)
+        return queryset.filter(os_version_key=key)
+
+    def filter_agent_version(self, queryset, name, value):
+        return queryset.filter(agent_version_key=version_key(value))
+
+    def filter_flag(self, queryset, name, value):
+        return queryset.filter(**{self.FLAG_FIELDS[name]: value == "yes"})
+
+    def filter_noop(self, queryset, name, value):
+        return queryset
+
+
+def filtered_devices(queryset: QuerySet[Device], query: str | QueryDict) -> tuple[QuerySet[Device], DeviceFilter]:
+    """Apply a filter querystring to an already-scoped queryset. Invalid filters raise ValueError."""
+    data = QueryDict(query) if isinstance(query, str) else query
+    device_filter = DeviceFilter(data, queryset=queryset)
+    if not device_filter.is_valid():
+        errors = "; ".join(f"{field}: {' '.join(msgs)}" for field, msgs in device_filter.errors.items())
+        raise ValueError(errors)
+    return device_filter.qs, device_filter

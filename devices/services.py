@@ -1,0 +1,639 @@
+"""Writes for devices: what the agent protocol changes, and the action engine.
+
+The action engine in one paragraph: `action_create` records a DeviceAction (O(1) queries) and
+enqueues `expand_action` after commit. Expansion inserts one ActionDelivery per device in scope
+with INSERT ... SELECT in chunks of device ids, each row already classified (pending, missed
+offline, waiting, unsupported) by SQL, and enqueues one `deliver_batch` message per
+ACTION_BATCH_SIZE pending devices. A batch claims its rows with a conditional UPDATE, pushes to
+the agents concurrently with a timeout, and records outcomes with one UPDATE per outcome group.
+Agents report results later through the agent API. Every state change goes through
+`_transition`, which moves the per-state counters on the action row in the same transaction, so
+progress is one row read.
+"""
+
+import asyncio
+import hashlib
+import json
+import logging
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import timedelta
+
+import aiohttp
+from django.conf import settings
+from django.db import IntegrityError, connection, transaction
+from django.db.models import Case, CharField, Count, DateTimeField, F, IntegerField, Q, QuerySet, Value, When
+from django.db.models.functions import Concat
+from django.utils import timezone
+
+from devices.filters import filtered_devices
+from devices.keys import hash_secret, new_secret, push_secret_for, sign_push
+from devices.models import (
+    FINAL_DELIVERY_STATES,
+    ActionDelivery,
+    ActionKind,
+    ActionScope,
+    ActionState,
+    DeliveryState,
+    Device,
+    DeviceAction,
+    DeviceType,
+    OfflinePolicy,
+    delivery_key,
+)
+from devices.selectors import online_q
+from devices.versions import AGENT_API_MIN, version_key
+from fleets.models import Fleet, FleetRole, ProvisioningKey
+
+log = logging.getLogger(__name__)
+
+
+class AgentError(Exception):
+    """A refused agent request: becomes a JSON error response with `status`."""
+
+    def __init__(self, status: int, code: str, detail: str, fields: dict | None = None):
+        super().__init__(detail)
+        self.status, self.code, self.detail, self.fields = status, code, detail, fields or {}
+
+
+class ActionError(Exception):
+    """A refused action: the message is shown to the user; nothing was changed."""
+
+
+# --- The agent protocol ------------------------------------------------------------------------
+
+
+@transaction.atomic
+def device_register(
+    *, provisioning_key: str, uuid: str, name: str, device_type: str, os_version: str, agent_version: str
+) -> tuple[Device, str]:
+    """Register a device in the provisioning key's fleet; returns it with its api key (plaintext once)."""
+    now = timezone.now()
+    key = (
+        ProvisioningKey.objects.select_related("fleet__default_device_type", "fleet__fleet_type")
+        .filter(key_hash=hash_secret(provisioning_key), revoked_at__isnull=True)
+        .filter(Q(expires_at__isnull=True) | Q(expires_at__gt=now))
+        .first()
+    )
+    if key is None:
+        raise AgentError(401, "invalid_provisioning_key", "The provisioning key is unknown, revoked or expired.")
+    fleet = key.fleet
+    dtype = DeviceType.objects.filter(slug=device_type).first()
+    if dtype is None:
+        raise AgentError(400, "invalid", f"Unknown device type {device_type!r}.", {"device_type": "unknown"})
+    if dtype.arch != fleet.default_device_type.arch:
+        raise AgentError(
+            400,
+            "invalid",
+            f"A {dtype.name} ({dtype.arch}) cannot join {fleet.name}, "
+            f"whose devices are {fleet.default_device_type.arch}.",
+            {"device_type": "architecture differs from the fleet's"},
+        )
+    limit = fleet.fleet_type.max_devices
+    if limit is not None and Device.objects.filter(fleet=fleet).count() >= limit:
+        raise AgentError(
+            409, "fleet_full", f"{fleet.name} is a {fleet.fleet_type.name} fleet, limited to {limit} devices."
+        )
+    api_key = new_secret()
+    try:
+        with transaction.atomic():
+            device = Device.objects.create(
+                uuid=uuid,
+                name=name or uuid[:7],
+                fleet=fleet,
+                device_type=dtype,
+                os_version=os_version,
+                os_version_key=version_key(os_version),
+                agent_version=agent_version,
+                agent_version_key=version_key(agent_version),
+                api_key_hash=hash_secret(api_key),
+                registered_at=now,
+            )
+    except IntegrityError:
+        raise AgentError(409, "already_registered", f"A device with UUID {uuid} is already registered.") from None
+    return device, api_key
+
+
+def device_for_api_key(api_key: str) -> Device | None:
+    return (
+        Device.objects.select_related("fleet", "device_type", "fleet__target_release")
+        .filter(api_key_hash=hash_secret(api_key))
+        .first()
+    )
+
+
+def device_report_state(*, device: Device, fields: dict, now=None) -> None:
+    """Apply one validated state report: a single UPDATE. A device that comes back gets what waited."""
+    now = now or timezone.now()
+    was_online = device.is_online
+    Device.objects.filter(pk=device.pk).update(last_seen_at=now, **fields)
+    if not was_online:
+        from devices.tasks import deliver_waiting
+
+        if ActionDelivery.objects.filter(device_id=device.pk, state=DeliveryState.WAITING).exists():
+            transaction.on_commit(lambda: deliver_waiting.delay(device.pk))
+
+
+def device_target_state(device: Device) -> dict:
+    """What the agent should converge to. Its hash is the ETag."""
+    release = device.fleet.target_release
+    return {
+        "uuid": device.uuid,
+        "name": device.name,
+        "fleet": {"id": device.fleet_id, "name": device.fleet.name},
+        "device_type": device.device_type.slug,
+        "release": (
+            {"commit": release.commit, "version": release.version, "services": release.services} if release else None
+        ),
+        "config": {
+            "public_url": device.public_url_enabled,
+            "local_mode": device.local_mode,
+            "lock_override": device.lock_override,
+        },
+        "os": {"target_version": device.target_os_version},
+    }
+
+
+def target_etag(target: dict) -> str:
+    return '"' + hashlib.sha256(json.dumps(target, sort_keys=True).encode()).hexdigest()[:32] + '"'
+
+
+# --- The action engine: what each kind needs ----------------------------------------------------
+
+PUSH_KINDS = (ActionKind.RESTART, ActionKind.PURGE, ActionKind.REBOOT, ActionKind.SHUTDOWN)
+
+
+@dataclass(frozen=True)
+class ActionSpec:
+    """What the dashboard says about an action kind and what it asks before running it."""
+
+    kind: ActionKind
+    min_role: FleetRole
+    description: str
+    warning: str = ""
+    typed_confirmation: frozenset = frozenset()  # scopes in which the user types the name or count
+    danger: bool = False
+    needs_agent_api: bool = True
+
+    @property
+    def label(self) -> str:
+        return self.kind.label
+
+
+ALL_SCOPES = frozenset(ActionScope)
+ACTIONS = {
+    spec.kind: spec
+    for spec in [
+        ActionSpec(
+            ActionKind.RESTART,
+            FleetRole.OPERATOR,
+            "Removes every service container and recreates it from scratch. Each service gets SIGTERM, "
+            "then SIGKILL after 10 seconds.",
+            warning="Data outside /data and named volumes is lost. This is not a reboot.",
+            typed_confirmation=frozenset({ActionScope.FLEET, ActionScope.SELECTION}),
+        ),
+        ActionSpec(
+            ActionKind.PURGE,
+            FleetRole.OPERATOR,
+            "Clears persistent storage: /data on host OS before 2.12.0; from 2.12.0 every named volume is "
+            "deleted and recreated empty.",
+            warning="The data cannot be recovered.",
+            typed_confirmation=ALL_SCOPES,
+            danger=True,
+        ),
+        ActionSpec(
+            ActionKind.REBOOT,
+            FleetRole.OPERATOR,
+            "Power-cycles the whole device, kernel included. It goes offline and comes back with its uptime reset.",
+        ),
+        ActionSpec(
+            ActionKind.SHUTDOWN,
+            FleetRole.OPERATOR,
+            "Powers the device off safely.",
+            warning="There is no remote power-on: someone has to switch the device on again where it stands.",
+            typed_confirmation=ALL_SCOPES,
+            danger=True,
+        ),
+    ]
+}
+
+
+@dataclass(frozen=True)
+class Rule:
+    """Devices matching `when` get `state` with `reason` instead of being sent the action."""
+
+    when: Q
+    state: DeliveryState
+    reason: object  # an expression, so the reason can quote the device's own versions
+    label: str  # for the preview: "12 skipped: <label>"
+
+
+def _rules(kind: str, offline_policy: str, now) -> list[Rule]:
+    rules = [Rule(Q(is_active=False), DeliveryState.UNSUPPORTED, Value("Device is deactivated"), "deactivated")]
+    if kind in PUSH_KINDS:
+        rules.append(
+            Rule(
+                Q(agent_version_key__lt=AGENT_API_MIN),
+                DeliveryState.UNSUPPORTED,
+                Concat(Value("Agent "), F("agent_version"), Value(" has no action API (1.1.0 or newer needed)")),
+                "agent older than 1.1.0",
+            )
+        )
+        if offline_policy == OfflinePolicy.QUEUE:
+            rules.append(
+                Rule(~online_q(now), DeliveryState.WAITING, Value("Offline: will be sent when it reports"), "offline: queued")
+            )
+        else:
+            rules.append(
+                Rule(~online_q(now), DeliveryState.MISSED, Value("Offline when the action was sent"), "offline: will miss it")
+            )
+    return rules
+
+
+@dataclass
+class Preview:
+    selected: int
+    affected: int
+    skipped: list[tuple[str, int]] = field(default_factory=list)
+    queued: int = 0
+
+    @property
+    def skipped_count(self) -> int:
+        return sum(n for _, n in self.skipped)
+
+
+def action_preview(*, kind: str, devices: QuerySet[Device], offline_policy: str = OfflinePolicy.ONLINE_ONLY) -> Preview:
+    """How many devices an action would reach, and which are skipped and why: one aggregate query."""
+    rules = _rules(kind, offline_policy, timezone.now())
+    rule_index = Case(
+        *(When(rule.when, then=Value(i)) for i, rule in enumerate(rules)), default=Value(-1), output_field=IntegerField()
+    )
+    counts = dict(
+        devices.order_by().annotate(_rule=rule_index).values_list("_rule").annotate(n=Count("id")).values_list("_rule", "n")
+    )
+    preview = Preview(selected=sum(counts.values()), affected=counts.get(-1, 0))
+    for i, rule in enumerate(rules):
+        if counts.get(i):
+            if rule.state == DeliveryState.WAITING:
+                preview.queued += counts[i]
+            else:
+                preview.skipped.append((rule.label, counts[i]))
+    return preview
+
+
+def scope_devices(action: DeviceAction) -> QuerySet[Device]:
+    """The devices an action covers, evaluated now (a filter selection re-applies its filter)."""
+    devices = Device.objects.filter(fleet_id=action.fleet_id)
+    if action.scope == ActionScope.DEVICE:
+        return devices.filter(pk=action.device_id)
+    if action.scope == ActionScope.SELECTION:
+        if "ids" in action.selection:
+            return devices.filter(pk__in=action.selection["ids"])
+        queryset, _ = filtered_devices(devices, action.selection.get("filter", ""))
+        return queryset
+    return devices
+
+
+def action_create(
+    *,
+    actor,
+    fleet: Fleet,
+    kind: str,
+    scope: str,
+    device: Device | None = None,
+    selection: dict | None = None,
+    params: dict | None = None,
+    offline_policy: str = OfflinePolicy.ONLINE_ONLY,
+    ttl: timedelta | None = None,
+) -> DeviceAction:
+    """Record an action and enqueue its dispatch after commit. The caller has checked the actor's role."""
+    if kind not in ACTIONS:
+        raise ActionError(f"Unknown action {kind!r}.")
+    if offline_policy == OfflinePolicy.QUEUE and not ttl:
+        raise ActionError("Queued delivery needs a time limit.")
+    now = timezone.now()
+    action = DeviceAction.objects.create(
+        organization_id=fleet.organization_id,
+        fleet=fleet,
+        fleet_name=fleet.name,
+        device=device if scope == ActionScope.DEVICE else None,
+        actor=actor,
+        actor_name=actor.get_username(),
+        kind=kind,
+        scope=scope,
+        selection=selection or {},
+        params=params or {},
+        offline_policy=offline_policy,
+        deliver_until=now + ttl if offline_policy == OfflinePolicy.QUEUE else None,
+        created_at=now,
+    )
+    transaction.on_commit(lambda: _enqueue_expand(action.pk))
+    return action
+
+
+def _enqueue_expand(action_id: int) -> None:
+    from devices.tasks import expand_action
+
+    try:
+        expand_action.delay(action_id)
+    except Exception:  # the broker is down: the action stays queued and the sweeper sends it later
+        log.exception("Could not enqueue action %s; the sweeper will retry", action_id)
+
+
+# --- Delivery state changes ----------------------------------------------------------------------
+
+
+def _transition(action_id: int, deliveries: QuerySet, from_states, to_state: str, *, reason=None, now=None) -> int:
+    """Move deliveries from any of `from_states` to `to_state`, keeping the action's counters exact."""
+    now = now or timezone.now()
+    values = {"state": to_state}
+    if reason is not None:
+        values["reason"] = reason[:300]
+    if to_state in FINAL_DELIVERY_STATES:
+        values["finished_at"] = now
+    moved = {}
+    for state in from_states:
+        count = deliveries.filter(state=state).update(**values)
+        if count:
+            moved[state] = count
+    if moved:
+        total = sum(moved.values())
+        counters = {f"{state}_count": F(f"{state}_count") - count for state, count in moved.items()}
+        counters[f"{to_state}_count"] = F(f"{to_state}_count") + total
+        DeviceAction.objects.filter(pk=action_id).update(**counters)
+    return sum(moved.values())
+
+
+def _finish_if_settled(action_id: int) -> None:
+    DeviceAction.objects.filter(
+        pk=action_id,
+        state=ActionState.DISPATCHING,
+        pending_count=0,
+        waiting_count=0,
+        sending_count=0,
+        sent_count=0,
+    ).update(state=ActionState.DONE, finished_at=timezone.now())
+
+
+# --- Expansion -----------------------------------------------------------------------------------
+
+EXPAND_CHUNK = 10_000
+
+
+def action_expand(action_id: int) -> None:
+    """Turn an action's scope into deliveries, chunk by chunk, enqueueing batches as it goes."""
+    claimed = DeviceAction.objects.filter(pk=action_id, state__in=[ActionState.QUEUED, ActionState.EXPANDING]).update(
+        state=ActionState.EXPANDING, started_at=timezone.now()
+    )
+    if not claimed:
+        return  # cancelled, or a duplicate message for an action already expanded
+    action = DeviceAction.objects.get(pk=action_id)
+    devices = scope_devices(action).order_by("id")
+    # Resume after a crash: rows already inserted are skipped by starting after the last one.
+    last = ActionDelivery.objects.filter(action_id=action_id).order_by("-device_id").values_list("device_id", flat=True).first() or 0
+    rules = _rules(action.kind, action.offline_policy, action.created_at)
+    while True:
+        bound = next(iter(devices.filter(pk__gt=last).values_list("pk", flat=True)[EXPAND_CHUNK - 1 : EXPAND_CHUNK]), None)
+        chunk = devices.filter(pk__gt=last) if bound is None else devices.filter(pk__gt=last, pk__lte=bound)
+        with transaction.atomic():
+            if not DeviceAction.objects.filter(pk=action_id, state=ActionState.EXPANDING).select_for_update().exists():
+                return  # cancelled while expanding
+            _insert_deliveries(action, chunk, rules)
+            pending_ids = _count_chunk(action_id, last, bound)
+        _enqueue_batches(action_id, pending_ids)
+        if bound is None:
+            break
+        last = bound
+    DeviceAction.objects.filter(pk=action_id, state=ActionState.EXPANDING).update(state=ActionState.DISPATCHING)
+    _finish_if_settled(action_id)
+
+
+def _insert_deliveries(action: DeviceAction, devices: QuerySet[Device], rules: list[Rule]) -> int:
+    """INSERT ... SELECT: every delivery row built by the database, classified by `rules`."""
+    state = Case(
+        *(When(rule.when, then=Value(rule.state.value)) for rule in rules),
+        default=Value(DeliveryState.PENDING.value),
+        output_field=CharField(),
+    )
+    reason = Case(*(When(rule.when, then=rule.reason) for rule in rules), default=Value(""), output_field=CharField())
+    final = [rule.when for rule in rules if rule.state in FINAL_DELIVERY_STATES]
+    finished = Case(
+        *(When(q, then=Value(action.created_at)) for q in final), default=Value(None), output_field=DateTimeField()
+    )
+    select = devices.order_by().annotate(
+        _action=Value(action.pk, output_field=IntegerField()),
+        _state=state,
+        _reason=reason,
+        _attempts=Value(0, output_field=IntegerField()),
+        _finished=finished,
+    ).values_list("_action", "pk", "uuid", "name", "_state", "_reason", "_attempts", "_finished")
+    sql, params = select.query.sql_with_params()
+    table = ActionDelivery._meta.db_table
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"INSERT INTO {table} (action_id, device_id, device_uuid, device_name, state, reason, attempts, finished_at) "
+            f"{sql}",
+            params,
+        )
+        return cursor.rowcount
+
+
+def _count_chunk(action_id: int, after: int, upto: int | None) -> list[int]:
+    """Add the chunk's per-state counts to the action; return its pending device ids in order."""
+    rows = ActionDelivery.objects.filter(action_id=action_id, device_id__gt=after)
+    if upto is not None:
+        rows = rows.filter(device_id__lte=upto)
+    counts = dict(rows.order_by().values_list("state").annotate(n=Count("id")).values_list("state", "n"))
+    if counts:
+        updates = {f"{state}_count": F(f"{state}_count") + n for state, n in counts.items()}
+        DeviceAction.objects.filter(pk=action_id).update(target_count=F("target_count") + sum(counts.values()), **updates)
+    if not counts.get(DeliveryState.PENDING):
+        return []
+    return list(rows.filter(state=DeliveryState.PENDING).order_by("device_id").values_list("device_id", flat=True))
+
+
+def _enqueue_batches(action_id: int, pending_ids: list[int]) -> None:
+    from devices.tasks import deliver_batch
+
+    size = settings.ACTION_BATCH_SIZE
+    for start in range(0, len(pending_ids), size):
+        batch = pending_ids[start : start + size]
+        deliver_batch.delay(action_id, batch[0], batch[-1])
+
+
+# --- Delivery ------------------------------------------------------------------------------------
+
+
+@dataclass
+class PushResult:
+    device_id: int
+    state: DeliveryState
+    reason: str = ""
+
+
+def action_deliver_range(action_id: int, first_device_id: int, last_device_id: int) -> None:
+    """Deliver a batch: the action's pending (or interrupted) deliveries for devices in the id range."""
+    rows = ActionDelivery.objects.filter(
+        action_id=action_id, device_id__gte=first_device_id, device_id__lte=last_device_id
+    )
+    _deliver(action_id, rows)
+
+
+def action_deliver_waiting(device_id: int) -> None:
+    """A device came back: send it what queued-policy actions kept for it, unless their time ran out."""
+    now = timezone.now()
+    waiting = ActionDelivery.objects.filter(device_id=device_id, state=DeliveryState.WAITING)
+    for action_id, deliver_until in waiting.values_list("action_id", "action__deliver_until").distinct():
+        rows = ActionDelivery.objects.filter(action_id=action_id, device_id=device_id)
+        with transaction.atomic():
+            if deliver_until and deliver_until < now:
+                _transition(action_id, rows, [DeliveryState.WAITING], DeliveryState.EXPIRED, reason="Time limit passed before the device came back")
+                _finish_if_settled(action_id)
+                continue
+            _transition(action_id, rows, [DeliveryState.WAITING], DeliveryState.PENDING)
+        _deliver(action_id, rows)
+
+
+def _deliver(action_id: int, rows: QuerySet) -> None:
+    action = DeviceAction.objects.filter(pk=action_id).values("kind", "params", "state").first()
+    if action is None:
+        return
+    # Claim: pending rows, and rows a killed worker left in "sending" (the agent dedups by key).
+    with transaction.atomic():
+        claimable = rows.filter(state__in=[DeliveryState.PENDING, DeliveryState.SENDING])
+        if connection.features.has_select_for_update_skip_locked:
+            claimable = claimable.select_for_update(skip_locked=True)
+        device_ids = list(claimable.values_list("device_id", flat=True))
+        if not device_ids:
+            return
+        claimed = rows.filter(device_id__in=device_ids)
+        _transition(action_id, claimed, [DeliveryState.PENDING], DeliveryState.SENDING)
+        claimed.update(attempts=F("attempts") + 1, sent_at=timezone.now())
+    targets = list(Device.objects.filter(pk__in=device_ids).values("pk", "uuid", "api_address"))
+    results = asyncio.run(_push_all(action["kind"], action["params"], action_id, targets))
+    missing = set(device_ids) - {t["pk"] for t in targets}
+    results += [PushResult(pk, DeliveryState.FAILED, "Device was deleted") for pk in missing]
+    _record_push_results(action_id, rows, results)
+
+
+def _record_push_results(action_id: int, rows: QuerySet, results: list[PushResult]) -> None:
+    groups = defaultdict(list)
+    for result in results:
+        groups[(result.state, result.reason)].append(result.device_id)
+    now = timezone.now()
+    with transaction.atomic():
+        for (state, reason), ids in groups.items():
+            _transition(action_id, rows.filter(device_id__in=ids), [DeliveryState.SENDING], state, reason=reason, now=now)
+        _finish_if_settled(action_id)
+
+
+async def _push_all(kind: str, params: dict, action_id: int, targets: list[dict]) -> list[PushResult]:
+    timeout = aiohttp.ClientTimeout(total=settings.AGENT_PUSH_TIMEOUT_S)
+    connector = aiohttp.TCPConnector(limit=200, force_close=True)
+    async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
+        return await asyncio.gather(*(_push_one(session, kind, params, action_id, t) for t in targets))
+
+
+async def _push_one(session, kind: str, params: dict, action_id: int, target: dict) -> PushResult:
+    device_id = target["pk"]
+    if not target["api_address"]:
+        return PushResult(device_id, DeliveryState.FAILED, "The agent has not reported an API address")
+    key = delivery_key(action_id, device_id)
+    path = f"/v1/actions/{kind}"
+    body = json.dumps({"key": key, "params": params}).encode()
+    timestamp = int(time.time())
+    headers = {
+        "Content-Type": "application/json",
+        "Idempotency-Key": key,
+        "X-Fleet-Timestamp": str(timestamp),
+        "X-Fleet-Signature": sign_push(push_secret_for(target["uuid"]), timestamp, "POST", path, body),
+    }
+    url = target["api_address"].rstrip("/") + path
+    try:
+        async with session.post(url, data=body, headers=headers) as response:
+            if response.status in (200, 202):
+                return PushResult(device_id, DeliveryState.SENT)
+            detail = await _error_detail(response)
+            if response.status == 409:
+                return PushResult(device_id, DeliveryState.BLOCKED, detail or "Blocked by the update lock")
+            return PushResult(device_id, DeliveryState.FAILED, f"Agent answered {response.status}: {detail}".strip(": "))
+    except TimeoutError:
+        return PushResult(device_id, DeliveryState.FAILED, f"No answer within {settings.AGENT_PUSH_TIMEOUT_S:g} s")
+    except aiohttp.ClientError as error:
+        return PushResult(device_id, DeliveryState.FAILED, f"Unreachable: {error.__class__.__name__}")
+
+
+async def _error_detail(response) -> str:
+    try:
+        payload = await response.json(content_type=None)
+        return str(payload.get("detail") or payload.get("error") or "")
+    except (ValueError, aiohttp.ClientError, AttributeError):
+        return ""
+
+
+# --- Results, cancel, sweep ----------------------------------------------------------------------
+
+RESULT_STATES = {"succeeded": DeliveryState.SUCCEEDED, "failed": DeliveryState.FAILED, "blocked": DeliveryState.BLOCKED}
+
+
+@transaction.atomic
+def action_record_result(*, device: Device, key: str, state: str, reason: str = "") -> bool:
+    """An agent reports how a delivery ended. The first final result wins; repeats change nothing."""
+    try:
+        action_id, device_id = (int(part) for part in key.split("-", 1))
+    except ValueError:
+        raise AgentError(404, "unknown_action", "That key is not an action delivery of this device.") from None
+    if device_id != device.pk:
+        raise AgentError(404, "unknown_action", "That key is not an action delivery of this device.")
+    rows = ActionDelivery.objects.filter(action_id=action_id, device_id=device_id)
+    if not rows.exists():
+        raise AgentError(404, "unknown_action", "That key is not an action delivery of this device.")
+    moved = _transition(action_id, rows, [DeliveryState.SENT, DeliveryState.SENDING], RESULT_STATES[state], reason=reason)
+    _finish_if_settled(action_id)
+    return bool(moved)
+
+
+@transaction.atomic
+def action_cancel(*, action: DeviceAction) -> int:
+    """Cancel what has not been sent yet; what is already on its way still reports its outcome."""
+    if not action.is_open:
+        raise ActionError("This action has already finished.")
+    now = timezone.now()
+    DeviceAction.objects.filter(pk=action.pk).update(state=ActionState.CANCELLED, finished_at=now)
+    rows = ActionDelivery.objects.filter(action_id=action.pk)
+    return _transition(
+        action.pk, rows, [DeliveryState.PENDING, DeliveryState.WAITING], DeliveryState.CANCELLED,
+        reason="Cancelled before it was sent", now=now,
+    )
+
+
+def actions_sweep(now=None) -> dict:
+    """Periodic: expire what waited too long, fail what never reported, re-send what was never dispatched."""
+    now = now or timezone.now()
+    stats = {"expired": 0, "timed_out": 0, "requeued": 0}
+    for action_id in (
+        DeviceAction.objects.filter(deliver_until__lt=now, waiting_count__gt=0).values_list("pk", flat=True)
+    ):
+        with transaction.atomic():
+            stats["expired"] += _transition(
+                action_id, ActionDelivery.objects.filter(action_id=action_id), [DeliveryState.WAITING],
+                DeliveryState.EXPIRED, reason="Time limit passed before the device came back", now=now,
+            )
+            _finish_if_settled(action_id)
+    result_deadline = now - timedelta(seconds=settings.ACTION_RESULT_TIMEOUT_S)
+    for action_id in DeviceAction.objects.filter(sent_count__gt=0).values_list("pk", flat=True):
+        late = ActionDelivery.objects.filter(action_id=action_id, sent_at__lt=result_deadline)
+        with transaction.atomic():
+            stats["timed_out"] += _transition(
+                action_id, late, [DeliveryState.SENT], DeliveryState.FAILED,
+                reason=f"No result from the device within {settings.ACTION_RESULT_TIMEOUT_S} s", now=now,
+            )
+            _finish_if_settled(action_id)
+    stale = now - timedelta(seconds=10)
+    for action_id in DeviceAction.objects.filter(state=ActionState.QUEUED, created_at__lt=stale).values_list("pk", flat=True):
+        _enqueue_expand(action_id)
+        stats["requeued"] += 1
+    return stats
+
+

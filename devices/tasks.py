@@ -1,0 +1,25 @@
+"""Celery interface of the action engine: tasks take ids and call a service."""
+
+from celery import shared_task
+
+from devices import services
+
+
+@shared_task(acks_late=True)
+def expand_action(action_id: int) -> None:
+    services.action_expand(action_id)
+
+
+@shared_task(acks_late=True)
+def deliver_batch(action_id: int, first_device_id: int, last_device_id: int) -> None:
+    services.action_deliver_range(action_id, first_device_id, last_device_id)
+
+
+@shared_task(acks_late=True)
+def deliver_waiting(device_id: int) -> None:
+    services.action_deliver_waiting(device_id)
+
+
+@shared_task
+def sweep_actions() -> dict:
+    return services.actions_sweep()

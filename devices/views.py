@@ -1,0 +1,257 @@
+from dataclasses import dataclass
+from datetime import timedelta
+
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.db import transaction
+from django.db.models import QuerySet
+from django.http import Http404, HttpResponseBadRequest
+from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import reverse
+from django.views.decorators.http import require_POST
+from django_htmx.http import HttpResponseClientRedirect
+
+from devices import services
+from devices.filters import filtered_devices
+from devices.models import (
+    OPEN_DELIVERY_STATES,
+    ActionDelivery,
+    ActionScope,
+    DeliveryState,
+    Device,
+    DeviceAction,
+    OfflinePolicy,
+)
+from devices.selectors import Sort, keyset_page
+from fleets.models import Fleet, FleetRole
+from fleets.selectors import device_for_user, fleet_for_user
+
+MAX_SELECTED_IDS = 1000
+OUTCOME_PAGE_SIZE = 100
+TTL_CHOICES = [(1, "1 hour"), (6, "6 hours"), (24, "1 day"), (72, "3 days"), (168, "7 days")]
+
+
+@login_required
+def device_detail(request, uuid):
+    device = device_for_user(request.user, uuid)
+    context = _device_context(device)
+    if request.htmx and request.htmx.target == "device-live":
+        return render(request, "devices/detail.html#live", context)
+    return render(request, "devices/detail.html", context)
+
+
+def _device_context(device: Device) -> dict:
+    deliveries = (
+        ActionDelivery.objects.filter(device_id=device.pk)
+        .select_related("action")
+        .order_by("-action__created_at", "-action_id")[:10]
+    )
+    specs = services.ACTIONS.values()
+    return {
+        "device": device,
+        "fleet": device.fleet,
+        "access": device.access,
+        "deliveries": deliveries,
+        "has_open_delivery": any(d.state in OPEN_DELIVERY_STATES for d in deliveries),
+        "general_actions": [s for s in specs if not s.danger],
+        "dangerous_actions": [s for s in specs if s.danger],
+    }
+
+
+# --- Confirm and dispatch ------------------------------------------------------------------------
+
+
+@dataclass
+class Target:
+    """What an action would apply to, as the confirmation step describes it."""
+
+    fleet: Fleet
+    scope: ActionScope
+    devices: QuerySet[Device]
+    device: Device | None = None
+    selection: dict | None = None
+    filter_query: str = ""
+
+    def confirm_text(self, preview: services.Preview) -> str:
+        if self.scope == ActionScope.DEVICE:
+            return self.device.name
+        if self.scope == ActionScope.FLEET:
+            return self.fleet.name
+        return str(preview.selected)
+
+    def what(self, preview: services.Preview) -> str:
+        if self.scope == ActionScope.DEVICE:
+            return self.device.name
+        if self.scope == ActionScope.FLEET:
+            return f"all {preview.selected:,} devices of {self.fleet.name}"
+        return f"{preview.selected:,} selected devices of {self.fleet.name}"
+
+
+class BadSelection(Exception):
+    pass
+
+
+def _selection_target(fleet: Fleet, data) -> Target:
+    """Ids ticked on the list, all devices matching a filter, or (neither) the whole fleet.
+
+    Every id must belong to this fleet: a selection reaching into another fleet or organization
+    is refused as a whole.
+    """
+    fleet_devices = Device.objects.filter(fleet=fleet)
+    if data.get("all_matching") == "1":
+        query = data.get("filter", "")
+        try:
+            devices, _ = filtered_devices(fleet_devices, query)
+        except ValueError as error:
+            raise BadSelection(f"The filter is not valid: {error}") from None
+        return Target(fleet, ActionScope.SELECTION, devices, selection={"filter": query}, filter_query=query)
+    raw_ids = data.getlist("ids")
+    if not raw_ids:
+        return Target(fleet, ActionScope.FLEET, fleet_devices)
+    try:
+        ids = sorted({int(i) for i in raw_ids})
+    except ValueError:
+        raise BadSelection("The selection is not a list of devices.") from None
+    if len(ids) > MAX_SELECTED_IDS:
+        raise BadSelection(f"Select at most {MAX_SELECTED_IDS} devices by hand, or use “select all matching”.")
+    found = fleet_devices.filter(pk__in=ids).count()
+    if found != len(ids):
+        raise BadSelection(
+            f"{len(ids) - found} of the {len(ids)} selected devices are not in {fleet.name}; nothing was done."
+        )
+    return Target(fleet, ActionScope.SELECTION, fleet_devices.filter(pk__in=ids), selection={"ids": ids},
+                  filter_query=data.get("filter", ""))
+
+
+def _spec_or_404(kind: str) -> services.ActionSpec:
+    spec = services.ACTIONS.get(kind)
+    if spec is None:
+        raise Http404("No such action.")
+    return spec
+
+
+@login_required
+def device_action(request, uuid, kind):
+    spec = _spec_or_404(kind)
+    device = device_for_user(request.user, uuid, spec.min_role)
+    target = Target(device.fleet, ActionScope.DEVICE, Device.objects.filter(pk=device.pk), device=device)
+    return _confirm_or_dispatch(request, spec, target)
+
+
+@login_required
+def fleet_action(request, fleet_id, kind):
+    spec = _spec_or_404(kind)
+    fleet = fleet_for_user(request.user, fleet_id, spec.min_role)
+    try:
+        target = _selection_target(fleet, request.POST if request.method == "POST" else request.GET)
+    except BadSelection as error:
+        return _refuse(request, fleet, str(error))
+    return _confirm_or_dispatch(request, spec, target)
+
+
+def _refuse(request, fleet, message: str):
+    return render(request, "devices/action_refused.html", {"message": message, "fleet": fleet}, status=400)
+
+
+def _confirm_or_dispatch(request, spec: services.ActionSpec, target: Target):
+    policy = request.POST.get("offline_policy", OfflinePolicy.ONLINE_ONLY)
+    if policy not in OfflinePolicy.values:
+        return HttpResponseBadRequest("Unknown offline policy.")
+    preview = services.action_preview(kind=spec.kind, devices=target.devices, offline_policy=policy)
+    confirm_text = target.confirm_text(preview) if target.scope in spec.typed_confirmation else ""
+    context = {
+        "spec": spec,
+        "target": target,
+        "fleet": target.fleet,
+        "device": target.device,
+        "preview": preview,
+        "what": target.what(preview),
+        "confirm_text": confirm_text,
+        "ttl_choices": TTL_CHOICES,
+        "policies": OfflinePolicy.choices,
+        "policy": policy,
+        "form_action": request.path,
+    }
+    if request.method != "POST":
+        template = "devices/action_confirm.html#dialog" if request.htmx else "devices/action_confirm.html"
+        return render(request, template, context)
+
+    error = None
+    if confirm_text and request.POST.get("confirm", "").strip() != confirm_text:
+        error = f"Type {confirm_text} exactly to confirm."
+    ttl = None
+    if policy == OfflinePolicy.QUEUE:
+        try:
+            ttl = timedelta(hours=int(request.POST.get("ttl_hours", "")))
+        except ValueError:
+            error = "Choose how long to keep the action for offline devices."
+        else:
+            if not timedelta(hours=1) <= ttl <= timedelta(days=7):
+                error = "Keep it between 1 hour and 7 days."
+    if preview.selected == 0:
+        error = "No device is selected."
+    if error:
+        context["error"] = error
+        return render(request, "devices/action_confirm.html", context, status=400)
+
+    with transaction.atomic():
+        action = services.action_create(
+            actor=request.user,
+            fleet=target.fleet,
+            kind=spec.kind,
+            scope=target.scope,
+            device=target.device,
+            selection=target.selection,
+            offline_policy=policy,
+            ttl=ttl,
+        )
+    messages.success(request, f"{spec.label}: sent to {target.what(preview)}.")
+    if target.scope == ActionScope.DEVICE:
+        url = reverse("devices:detail", args=[target.device.uuid])
+    else:
+        url = reverse("fleets:action", args=[target.fleet.pk, action.pk])
+    return HttpResponseClientRedirect(url) if request.htmx else redirect(url)
+
+
+# --- Progress, outcomes, cancel ------------------------------------------------------------------
+
+OUTCOME_SORT = Sort("device", "Device", ("device_id", "id"))
+
+
+@login_required
+def action_detail(request, fleet_id, action_id):
+    fleet = fleet_for_user(request.user, fleet_id)
+    action = get_object_or_404(DeviceAction.objects.select_related("device"), pk=action_id, fleet=fleet)
+    state = request.GET.get("state", "")
+    outcomes = ActionDelivery.objects.filter(action=action)
+    if state in DeliveryState.values:
+        outcomes = outcomes.filter(state=state)
+    page = keyset_page(outcomes, OUTCOME_SORT, request.GET.get("after"), OUTCOME_PAGE_SIZE)
+    context = {
+        "fleet": fleet,
+        "access": fleet.access,
+        "action": action,
+        "page": page,
+        "state": state,
+        "states": DeliveryState.choices,
+    }
+    if request.htmx and request.htmx.target == "action-progress":
+        return render(request, "devices/action_detail.html#progress", context)
+    if request.htmx and request.htmx.target == "outcomes":
+        return render(request, "devices/action_detail.html#outcomes", context)
+    return render(request, "devices/action_detail.html", context)
+
+
+@login_required
+@require_POST
+def action_cancel(request, fleet_id, action_id):
+    fleet = fleet_for_user(request.user, fleet_id, FleetRole.OPERATOR)
+    action = get_object_or_404(DeviceAction, pk=action_id, fleet=fleet)
+    try:
+        cancelled = services.action_cancel(action=action)
+    except services.ActionError as error:
+        messages.error(request, str(error))
+    else:
+        messages.success(request, f"Cancelled: {cancelled:,} devices will not be sent the action.")
+    return redirect("fleets:action", fleet.pk, action.pk)
+

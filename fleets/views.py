@@ -1,0 +1,112 @@
+from django.contrib.auth.decorators import login_required
+from django.db.models import Count
+from django.shortcuts import render
+from django.urls import reverse
+
+from devices.filters import DeviceFilter
+from devices.models import Device, DeviceAction, DeviceStatus
+from devices.selectors import DEVICE_SORTS, keyset_page, status_q
+from devices.services import ACTIONS
+from fleets.models import FleetMembership
+from fleets.selectors import fleet_for_user, fleets_for_user
+
+DEVICE_PAGE_SIZE = 50
+
+
+def _tabs(fleet, active: str) -> list[tuple[str, str, bool]]:
+    return [
+        ("Devices", reverse("fleets:detail", args=[fleet.pk]), active == "devices"),
+        ("Actions", reverse("fleets:actions", args=[fleet.pk]), active == "actions"),
+        ("Members", reverse("fleets:members", args=[fleet.pk]), active == "members"),
+        ("Activity", reverse("fleets:activity", args=[fleet.pk]), active == "activity"),
+    ]
+
+
+def _device_counts(fleet) -> dict:
+    """Online, offline, updating, deactivated and total for one fleet: one aggregate query."""
+    return Device.objects.filter(fleet=fleet).aggregate(
+        total=Count("id"), **{status.value: Count("id", filter=status_q(status)) for status in DeviceStatus}
+    )
+
+
+@login_required
+def fleet_list(request):
+    fleets = (
+        fleets_for_user(request.user)
+        .select_related("organization", "fleet_type", "default_device_type")
+        .annotate(device_count=Count("devices"))
+        .order_by("organization__name", "name")
+    )
+    return render(request, "fleets/list.html", {"fleets": fleets})
+
+
+@login_required
+def fleet_detail(request, fleet_id):
+    """The fleet summary with its device list; htmx requests get just the table."""
+    fleet = fleet_for_user(request.user, fleet_id)
+    device_filter = DeviceFilter(request.GET, queryset=fleet.devices.select_related("device_type"))
+    sort = DEVICE_SORTS.get(request.GET.get("sort", "name"), DEVICE_SORTS["name"])
+    devices = device_filter.qs if device_filter.is_valid() else fleet.devices.none()
+    page = keyset_page(devices, sort, request.GET.get("after"), DEVICE_PAGE_SIZE)
+    context = {
+        "fleet": fleet,
+        "access": fleet.access,
+        "tabs": _tabs(fleet, "devices"),
+        "filter": device_filter,
+        "page": page,
+        "sort": sort,
+        "sorts": DEVICE_SORTS.values(),
+        "counts": _device_counts(fleet),
+        "actions": [spec for spec in ACTIONS.values() if fleet.access.allows(spec.min_role)],
+        "querystring": _filter_querystring(request.GET),
+    }
+    if request.htmx and request.htmx.target == "device-table":
+        return render(request, "fleets/detail.html#device-table", context)
+    return render(request, "fleets/detail.html", context)
+
+
+def _filter_querystring(params) -> str:
+    """The filter part of the query (no paging), to carry into a selection or a saved view."""
+    params = params.copy()
+    for key in ("after", "ids", "all_matching"):
+        params.pop(key, None)
+    return params.urlencode()
+
+
+@login_required
+def fleet_actions(request, fleet_id):
+    fleet = fleet_for_user(request.user, fleet_id)
+    context = {
+        "fleet": fleet,
+        "access": fleet.access,
+        "tabs": _tabs(fleet, "actions"),
+        "actions": ACTIONS.values(),
+        "counts": _device_counts(fleet),
+    }
+    return render(request, "fleets/actions.html", context)
+
+
+@login_required
+def fleet_members(request, fleet_id):
+    fleet = fleet_for_user(request.user, fleet_id)
+    members = FleetMembership.objects.filter(fleet=fleet).select_related("user").order_by("user__username")
+    context = {"fleet": fleet, "access": fleet.access, "tabs": _tabs(fleet, "members"), "members": members}
+    return render(request, "fleets/members.html", context)
+
+
+@login_required
+def fleet_activity(request, fleet_id):
+    fleet = fleet_for_user(request.user, fleet_id)
+    actions = DeviceAction.objects.filter(fleet=fleet).select_related("device")
+    kind = request.GET.get("kind")
+    if kind:
+        actions = actions.filter(kind=kind)
+    context = {
+        "fleet": fleet,
+        "access": fleet.access,
+        "tabs": _tabs(fleet, "activity"),
+        "actions": actions[:100],
+        "kind": kind,
+    }
+    return render(request, "fleets/activity.html", context)
+

@@ -1,0 +1,202 @@
+"""The server side of the agent protocol: register, report, poll, results (devices/PROTOCOL.md)."""
+
+import json
+import secrets
+from datetime import timedelta
+
+import pytest
+from django.utils import timezone
+
+from devices.keys import push_secret_for
+from devices.models import AgentStatus, Device
+from fleets.services import provisioning_key_create
+from tests.factories import make_device, make_fleet
+
+pytestmark = pytest.mark.django_db
+
+REGISTER = "/api/v1/devices/register"
+STATE = "/api/v1/device/state"
+TARGET = "/api/v1/device/target"
+RESULT = "/api/v1/device/actions/result"
+
+
+def auth(key):
+    return {"HTTP_AUTHORIZATION": f"Bearer {key}"}
+
+
+def patch(client, key, payload):
+    body = payload if isinstance(payload, str) else json.dumps(payload)
+    return client.patch(STATE, body, content_type="application/json", **auth(key))
+
+
+@pytest.fixture
+def fleet():
+    return make_fleet(device_type="raspberrypi3")
+
+
+@pytest.fixture
+def registered(client, fleet):
+    """A device registered through the API, with its api key."""
+    key = provisioning_key_create(fleet=fleet)
+    uuid = secrets.token_hex(16)
+    response = client.post(
+        REGISTER,
+        {"uuid": uuid, "device_type": "raspberrypi3", "os_version": "2.58.3", "agent_version": "1.4.0"},
+        content_type="application/json",
+        **auth(key),
+    )
+    assert response.status_code == 201, response.content
+    return Device.objects.get(uuid=uuid), response.json()["api_key"]
+
+
+def register(client, key, **overrides):
+    payload = {"uuid": secrets.token_hex(16), "device_type": "raspberrypi3", "os_version": "2.58.3",
+               "agent_version": "1.4.0"} | overrides
+    return client.post(REGISTER, payload, content_type="application/json", **auth(key))
+
+
+class TestRegister:
+    def test_it_registers_a_device_and_returns_its_keys(self, client, fleet):
+        response = register(client, provisioning_key_create(fleet=fleet), name="lobby-1")
+        assert response.status_code == 201
+        body = response.json()
+        device = Device.objects.get(uuid=body["uuid"])
+        assert device.fleet == fleet and device.name == "lobby-1"
+        assert body["push_secret"] == push_secret_for(device.uuid)
+        assert body["api_key"] not in device.api_key_hash  # only the hash is stored
+        assert len(device.api_key_hash) == 64
+
+    def test_it_refuses_an_unknown_provisioning_key(self, client, fleet):
+        response = register(client, "not-a-key")
+        assert response.status_code == 401
+        assert response.json()["error"] == "invalid_provisioning_key"
+        assert not Device.objects.exists()
+
+    def test_it_refuses_a_revoked_key(self, client, fleet):
+        key = provisioning_key_create(fleet=fleet)
+        fleet.provisioning_keys.update(revoked_at=timezone.now())
+        assert register(client, key).status_code == 401
+
+    def test_it_refuses_a_device_type_of_another_architecture(self, client, fleet):
+        response = register(client, provisioning_key_create(fleet=fleet), device_type="intel-nuc")
+        assert response.status_code == 400
+        assert "amd64" in response.json()["detail"]
+        assert not Device.objects.exists()
+
+    def test_it_accepts_another_type_of_the_same_architecture(self, client, fleet):
+        assert register(client, provisioning_key_create(fleet=fleet), device_type="beaglebone-black").status_code == 201
+
+    def test_it_refuses_a_uuid_already_registered(self, client, fleet):
+        key = provisioning_key_create(fleet=fleet)
+        uuid = secrets.token_hex(16)
+        assert register(client, key, uuid=uuid).status_code == 201
+        assert register(client, key, uuid=uuid).status_code == 409
+
+    def test_it_lists_every_malformed_field(self, client, fleet):
+        response = register(client, provisioning_key_create(fleet=fleet), uuid="xyz", os_version="two")
+        assert response.status_code == 400
+        assert set(response.json()["fields"]) == {"uuid", "os_version"}
+
+    def test_a_starter_fleet_refuses_its_eleventh_device(self, client):
+        starter = make_fleet(fleet_type="starter")
+        for _ in range(10):
+            make_device(starter)
+        response = register(client, provisioning_key_create(fleet=starter))
+        assert response.status_code == 409
+        assert "limited to 10" in response.json()["detail"]
+
+
+class TestReport:
+    def test_it_records_the_reported_state(self, client, registered):
+        device, key = registered
+        response = patch(client, key, {
+            "status": "idle", "os_version": "2.95.12", "agent_version": "1.5.0", "ip_address": "10.0.0.7",
+            "api_address": "http://127.0.0.1:48484/d/" + device.uuid, "uptime_s": 60, "update_lock_held": True,
+            "services": [{"name": "web", "image": "web:1", "status": "running", "container_id": "ab" * 32}],
+            "volumes": [{"name": "resin-data", "files": 3, "bytes": 1024}],
+            "some_future_field": {"ignored": True},
+        })
+        assert response.status_code == 204
+        device.refresh_from_db()
+        assert device.os_version == "2.95.12" and device.os_version_key == 2095012
+        assert device.agent_version == "1.5.0" and device.ip_address == "10.0.0.7"
+        assert device.update_lock_held and device.services[0]["container_id"] == "ab" * 32
+        assert device.volumes == [{"name": "resin-data", "files": 3, "bytes": 1024}]
+        assert device.is_online
+        assert timezone.now() - device.booted_at >= timedelta(seconds=59)
+
+    def test_a_malformed_report_changes_nothing(self, client, registered):
+        device, key = registered
+        before = Device.objects.filter(pk=device.pk).values().get()
+        response = patch(client, key, {"os_version": "2.95.12", "uptime_s": "soon", "services": "web",
+                                       "web_address": "ftp://example.com"})
+        assert response.status_code == 400
+        assert set(response.json()["fields"]) == {"uptime_s", "services", "web_address"}
+        assert Device.objects.filter(pk=device.pk).values().get() == before
+
+    def test_invalid_json_is_refused(self, client, registered):
+        device, key = registered
+        assert patch(client, key, "{not json").status_code == 400
+
+    def test_an_unknown_key_gets_401_and_changes_nothing(self, client, registered):
+        device, _ = registered
+        before = Device.objects.filter(pk=device.pk).values().get()
+        response = patch(client, "wrong", {"status": "updating"})
+        assert response.status_code == 401
+        assert Device.objects.filter(pk=device.pk).values().get() == before
+
+    def test_a_deleted_device_is_refused(self, client, registered):
+        device, key = registered
+        device.delete()
+        assert patch(client, key, {"status": "idle"}).status_code == 401
+
+    def test_going_down_shows_the_device_offline_at_once(self, client, registered):
+        device, key = registered
+        patch(client, key, {"status": "idle"})
+        patch(client, key, {"status": AgentStatus.REBOOTING})
+        device.refresh_from_db()
+        assert not device.is_online
+
+    def test_a_web_address_with_credentials_is_refused(self, client, registered):
+        _, key = registered
+        response = patch(client, key, {"web_address": "http://user:pw@10.0.0.1"})
+        assert response.status_code == 400
+
+
+class TestTarget:
+    def test_it_returns_the_target_with_an_etag_and_304_when_unchanged(self, client, registered):
+        device, key = registered
+        first = client.get(TARGET, **auth(key))
+        assert first.status_code == 200
+        body = first.json()
+        assert body["fleet"]["id"] == device.fleet_id and body["config"]["public_url"] is False
+        again = client.get(TARGET, HTTP_IF_NONE_MATCH=first["ETag"], **auth(key))
+        assert again.status_code == 304
+
+    def test_a_changed_setting_changes_the_etag(self, client, registered):
+        device, key = registered
+        etag = client.get(TARGET, **auth(key))["ETag"]
+        Device.objects.filter(pk=device.pk).update(local_mode=True)
+        response = client.get(TARGET, HTTP_IF_NONE_MATCH=etag, **auth(key))
+        assert response.status_code == 200 and response.json()["config"]["local_mode"] is True
+
+    def test_a_device_can_only_read_its_own_target(self, client, registered, fleet):
+        _, key = registered
+        other = make_device(fleet)
+        body = client.get(TARGET, **auth(key)).json()
+        assert body["uuid"] != other.uuid
+
+
+class TestResult:
+    def test_a_key_of_another_device_is_refused(self, client, registered, fleet):
+        device, key = registered
+        other = make_device(fleet)
+        response = client.post(RESULT, {"key": f"1-{other.pk}", "state": "succeeded"},
+                               content_type="application/json", **auth(key))
+        assert response.status_code == 404
+
+    def test_an_unknown_state_is_refused(self, client, registered):
+        device, key = registered
+        response = client.post(RESULT, {"key": f"1-{device.pk}", "state": "great"},
+                               content_type="application/json", **auth(key))
+        assert response.status_code == 400

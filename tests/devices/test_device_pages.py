@@ -1,0 +1,113 @@
+"""The device summary page and the confirmation step of its actions."""
+
+import pytest
+
+from devices.models import ActionDelivery, DeviceAction
+from tests.factories import Personas, make_device
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def p():
+    return Personas()
+
+
+@pytest.fixture
+def device(p):
+    return make_device(
+        p.fleet,
+        name="lobby-kiosk",
+        services=[{"name": "web", "image": "web:1", "status": "running", "container_id": "c0ffee" * 10 + "abcd",
+                   "holds_update_lock": False}],
+        volumes=[{"name": "resin-data", "files": 4, "bytes": 2048}],
+    )
+
+
+def test_it_shows_every_device_field_services_and_volumes(client, p, device):
+    client.force_login(p.observer)
+    response = client.get(f"/devices/{device.uuid}/")
+    assert response.status_code == 200
+    html = response.content.decode()
+    for text in ["lobby-kiosk", device.uuid, "2.58.3", "1.4.0", "c0ffeec0ffee", "resin-data", "Online"]:
+        assert text in html
+
+
+def test_an_observer_sees_no_action_controls(client, p, device):
+    client.force_login(p.observer)
+    html = client.get(f"/devices/{device.uuid}/").content.decode()
+    assert "/actions/reboot/" not in html and "Dangerous actions" not in html
+
+
+def test_an_operator_sees_the_actions_menu_and_dangerous_actions(client, p, device):
+    client.force_login(p.operator)
+    html = client.get(f"/devices/{device.uuid}/").content.decode()
+    assert f"/devices/{device.uuid}/actions/reboot/" in html
+    assert "Dangerous actions" in html and "/actions/purge/" in html
+
+
+def test_an_outsider_gets_404(client, p, device):
+    client.force_login(p.outsider)
+    assert client.get(f"/devices/{device.uuid}/").status_code == 404
+    assert client.get(f"/devices/{device.uuid}/actions/reboot/").status_code == 404
+    assert client.post(f"/devices/{device.uuid}/actions/reboot/").status_code == 404
+    assert not DeviceAction.objects.exists()
+
+
+def test_anonymous_users_are_sent_to_login(client, device):
+    response = client.get(f"/devices/{device.uuid}/")
+    assert response.status_code == 302 and response["Location"].startswith("/accounts/login/")
+
+
+def test_the_live_partial_refreshes_without_the_layout(client, p, device):
+    client.force_login(p.observer)
+    response = client.get(f"/devices/{device.uuid}/", HTTP_HX_REQUEST="true", HTTP_HX_TARGET="device-live")
+    html = response.content.decode()
+    assert 'id="device-live"' in html and "<html" not in html
+
+
+def test_the_page_costs_a_constant_number_of_queries(client, p, device, django_assert_max_num_queries):
+    client.force_login(p.operator)
+    with django_assert_max_num_queries(8):
+        client.get(f"/devices/{device.uuid}/")
+
+
+class TestRebootConfirmation:
+    def test_it_previews_the_reboot(self, client, p, device):
+        client.force_login(p.operator)
+        response = client.get(f"/devices/{device.uuid}/actions/reboot/")
+        assert response.status_code == 200
+        assert "Reboot: lobby-kiosk?" in response.content.decode()
+
+    def test_the_htmx_dialog_opens_itself(self, client, p, device):
+        client.force_login(p.operator)
+        html = client.get(f"/devices/{device.uuid}/actions/reboot/", HTTP_HX_REQUEST="true").content.decode()
+        assert "data-dialog-autoopen" in html and "<html" not in html and 'name="csrfmiddlewaretoken"' in html
+
+    def test_observers_and_developers_get_403_and_nothing_is_recorded(self, client, p, device):
+        for user in (p.observer, p.developer):
+            client.force_login(user)
+            assert client.get(f"/devices/{device.uuid}/actions/reboot/").status_code == 403
+            assert client.post(f"/devices/{device.uuid}/actions/reboot/").status_code == 403
+        assert not DeviceAction.objects.exists()
+
+    def test_an_operator_records_a_reboot(self, client, p, device, django_capture_on_commit_callbacks):
+        client.force_login(p.operator)
+        with django_capture_on_commit_callbacks(execute=False) as callbacks:
+            response = client.post(f"/devices/{device.uuid}/actions/reboot/")
+        assert response.status_code == 302 and response["Location"] == f"/devices/{device.uuid}/"
+        action = DeviceAction.objects.get()
+        assert (action.kind, action.scope, action.device, action.actor) == ("reboot", "device", device, p.operator)
+        assert len(callbacks) == 1  # dispatch is enqueued only after the commit
+        assert not ActionDelivery.objects.exists()  # expansion happens in the worker
+
+    def test_purge_needs_the_device_name_typed(self, client, p, device):
+        client.force_login(p.operator)
+        response = client.post(f"/devices/{device.uuid}/actions/purge/", {"confirm": "lobby"})
+        assert response.status_code == 400
+        assert "Type lobby-kiosk exactly" in response.content.decode()
+        assert not DeviceAction.objects.exists()
+
+    def test_an_unknown_action_is_404(self, client, p, device):
+        client.force_login(p.operator)
+        assert client.post(f"/devices/{device.uuid}/actions/explode/").status_code == 404

@@ -1,6 +1,16 @@
+from devices import public_url
+
+
 class PublicDeviceUrlMiddleware:
+    """Answers requests for http://<uuid>.<PUBLIC_URL_DOMAIN>/ before anything of the dashboard runs:
+    no session, no CSRF, no dashboard page is ever served on a device's host name."""
+
     def __init__(self, get_response):
         self.get_response = get_response
+        self.pattern = public_url.host_pattern()
 
     def __call__(self, request):
+        match = self.pattern.match(request.META.get("HTTP_HOST", ""))
+        if match:
+            return public_url.proxy(request, match["uuid"])
         return self.get_response(request)

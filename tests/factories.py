@@ -57,6 +57,7 @@ def make_device(
     **fields,
 ) -> Device:
     n = next(_counter)
+    fields.setdefault("last_seen_at", timezone.now() if online else timezone.now() - timedelta(days=1))
     return Device.objects.create(
         uuid=fields.pop("uuid", None) or secrets.token_hex(16),
         name=name or f"device-{n}",
@@ -66,7 +67,6 @@ def make_device(
         os_version_key=version_key(os_version),
         agent_version=agent_version,
         agent_version_key=version_key(agent_version),
-        last_seen_at=timezone.now() if online else timezone.now() - timedelta(days=1),
         api_key_hash=hash_secret(api_key or secrets.token_hex(16)),
         **fields,
     )

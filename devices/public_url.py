@@ -1,0 +1,112 @@
+"""Public device URLs: http://<uuid>.<PUBLIC_URL_DOMAIN>/ proxies HTTP to the device's port-80 service.
+
+The URL is public by design (as on the platforms it follows): whoever has it reaches the device's
+web service while an operator keeps it enabled. It is not an open proxy: the only upstream is the
+`web_address` the device itself registered (http, no credentials), the path cannot climb out of
+it, and nothing from the request decides the host.
+"""
+
+import re
+from urllib.parse import quote
+
+import httpx
+from django.conf import settings
+from django.http import HttpResponse, StreamingHttpResponse
+from django.template.loader import render_to_string
+
+from devices.models import Device
+
+HOP_BY_HOP = {
+    "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer",
+    "transfer-encoding", "upgrade", "host", "content-length",
+}
+DASHBOARD_COOKIES = {settings.SESSION_COOKIE_NAME, settings.CSRF_COOKIE_NAME}
+
+_client = httpx.Client(follow_redirects=False, trust_env=False)
+
+
+def host_pattern() -> re.Pattern:
+    domain = re.escape(settings.PUBLIC_URL_DOMAIN)
+    return re.compile(rf"^(?P<uuid>[0-9a-f]{{32}})\.{domain}(?::\d+)?$", re.IGNORECASE)
+
+
+def _error(status: int, title: str, detail: str, device: Device | None = None) -> HttpResponse:
+    html = render_to_string("devices/public_url_error.html", {"title": title, "detail": detail, "device": device})
+    return HttpResponse(html, status=status)
+
+
+def _forward_headers(request) -> dict:
+    headers = {}
+    for name, value in request.headers.items():
+        lower = name.lower()
+        if lower in HOP_BY_HOP:
+            continue
+        if lower == "cookie":
+            kept = [c for c in value.split(";") if c.split("=", 1)[0].strip() not in DASHBOARD_COOKIES]
+            if not kept:
+                continue
+            value = ";".join(kept)
+        headers[name] = value
+    headers["X-Forwarded-For"] = request.META.get("REMOTE_ADDR", "")
+    headers["X-Forwarded-Host"] = request.META.get("HTTP_HOST", "")
+    headers["X-Forwarded-Proto"] = "http"
+    return headers
+
+
+def upstream_url(web_address: str, path: str, query: str) -> str | None:
+    """The device URL for a request path; None when the path tries to leave the device's address."""
+    segments = path.split("/")
+    if any(segment in (".", "..") for segment in segments) or "\\" in path:
+        return None
+    url = web_address.rstrip("/") + quote(path, safe="/:@!$&'()*+,;=-._~%")
+    return f"{url}?{query}" if query else url
+
+
+def proxy(request, uuid: str):
+    device = Device.objects.filter(uuid=uuid.lower(), is_active=True).only(
+        "uuid", "name", "public_url_enabled", "web_address", "last_seen_at", "agent_status", "is_active"
+    ).first()
+    if device is None or not device.public_url_enabled:
+        return _error(404, "No public URL here", "This device does not exist or its public URL is turned off.")
+    if not device.is_online:
+        return _error(503, "The device is offline", "It has not reported recently, so nothing can be reached.", device)
+    if not device.web_address:
+        return _error(502, "Nothing is serving on port 80", "The device reports no web service on port 80.", device)
+    url = upstream_url(device.web_address, request.path, request.META.get("QUERY_STRING", ""))
+    if url is None:
+        return _error(400, "Bad path", "The path may not contain '.' or '..' segments.", device)
+    outgoing = _client.build_request(
+        request.method, url, headers=_forward_headers(request), content=request.body,
+        timeout=settings.PUBLIC_URL_TIMEOUT_S,
+    )
+    try:
+        upstream = _client.send(outgoing, stream=True)
+    except httpx.TimeoutException:
+        return _error(504, "The device did not answer in time",
+                      f"Its web service took longer than {settings.PUBLIC_URL_TIMEOUT_S:g} s.", device)
+    except httpx.HTTPError:
+        return _error(502, "Nothing is serving on port 80",
+                      "The device is online, but no service inside it answered on port 80, "
+                      "or its web server crashed.", device)
+    return _relay(upstream)
+
+
+def _relay(upstream: httpx.Response) -> StreamingHttpResponse:
+    limit = settings.PUBLIC_URL_MAX_BYTES
+
+    def body():
+        sent = 0
+        try:
+            for chunk in upstream.iter_raw():
+                sent += len(chunk)
+                if sent > limit:
+                    break
+                yield chunk
+        finally:
+            upstream.close()
+
+    response = StreamingHttpResponse(body(), status=upstream.status_code)
+    for name, value in upstream.headers.multi_items():
+        if name.lower() not in HOP_BY_HOP:
+            response[name] = value
+    return response

@@ -174,11 +174,21 @@ class ActionSpec:
     warning: str = ""
     typed_confirmation: frozenset = frozenset()  # scopes in which the user types the name or count
     danger: bool = False
-    needs_agent_api: bool = True
+    # A setting is written to the devices' target state instead of being pushed.
+    sets: dict | None = None
+    done_reason: str = ""
+    fleet_role: FleetRole | None = None  # the role a fleet-wide run needs, when higher
 
     @property
     def label(self) -> str:
         return self.kind.label
+
+    @property
+    def needs_agent_api(self) -> bool:
+        return self.sets is None
+
+    def role_for(self, scope: str) -> FleetRole:
+        return self.fleet_role if scope == ActionScope.FLEET and self.fleet_role else self.min_role
 
 
 ALL_SCOPES = frozenset(ActionScope)
@@ -215,6 +225,23 @@ ACTIONS = {
             typed_confirmation=ALL_SCOPES,
             danger=True,
         ),
+        ActionSpec(
+            ActionKind.PUBLIC_URL_ON,
+            FleetRole.OPERATOR,
+            "Serves each device's port 80 over HTTP at a public URL made from its UUID. Devices added to the "
+            "fleet later keep the default (off).",
+            sets={"public_url_enabled": True},
+            done_reason="Public URL on",
+            fleet_role=FleetRole.ADMINISTRATOR,
+        ),
+        ActionSpec(
+            ActionKind.PUBLIC_URL_OFF,
+            FleetRole.OPERATOR,
+            "Stops serving the devices' port 80 at their public URLs.",
+            sets={"public_url_enabled": False},
+            done_reason="Public URL off",
+            fleet_role=FleetRole.ADMINISTRATOR,
+        ),
     ]
 }
 
@@ -229,9 +256,15 @@ class Rule:
     label: str  # for the preview: "12 skipped: <label>"
 
 
+def _default_outcome(kind: str) -> tuple[DeliveryState, str]:
+    """What a device that no rule skips gets: pushed later (pending), or a setting applied now."""
+    spec = ACTIONS[kind]
+    return (DeliveryState.PENDING, "") if spec.needs_agent_api else (DeliveryState.SUCCEEDED, spec.done_reason)
+
+
 def _rules(kind: str, offline_policy: str, now) -> list[Rule]:
     rules = [Rule(Q(is_active=False), DeliveryState.UNSUPPORTED, Value("Device is deactivated"), "deactivated")]
-    if kind in PUSH_KINDS:
+    if ACTIONS[kind].needs_agent_api:
         rules.append(
             Rule(
                 Q(agent_version_key__lt=AGENT_API_MIN),
@@ -328,7 +361,10 @@ def action_create(
         deliver_until=now + ttl if offline_policy == OfflinePolicy.QUEUE else None,
         created_at=now,
     )
-    transaction.on_commit(lambda: _enqueue_expand(action.pk))
+    if scope == ActionScope.DEVICE and not ACTIONS[kind].needs_agent_api:
+        action_expand(action.pk)  # one device, one setting: apply it now, the page shows it at once
+    else:
+        transaction.on_commit(lambda: _enqueue_expand(action.pk))
     return action
 
 
@@ -400,6 +436,9 @@ def action_expand(action_id: int) -> None:
             if not DeviceAction.objects.filter(pk=action_id, state=ActionState.EXPANDING).select_for_update().exists():
                 return  # cancelled while expanding
             _insert_deliveries(action, chunk, rules)
+            changes = ACTIONS[action.kind].sets
+            if changes:
+                chunk.filter(is_active=True).update(**changes)
             pending_ids = _count_chunk(action_id, last, bound)
         _enqueue_batches(action_id, pending_ids)
         if bound is None:
@@ -411,15 +450,19 @@ def action_expand(action_id: int) -> None:
 
 def _insert_deliveries(action: DeviceAction, devices: QuerySet[Device], rules: list[Rule]) -> int:
     """INSERT ... SELECT: every delivery row built by the database, classified by `rules`."""
+    default_state, default_reason = _default_outcome(action.kind)
     state = Case(
         *(When(rule.when, then=Value(rule.state.value)) for rule in rules),
-        default=Value(DeliveryState.PENDING.value),
+        default=Value(default_state.value),
         output_field=CharField(),
     )
-    reason = Case(*(When(rule.when, then=rule.reason) for rule in rules), default=Value(""), output_field=CharField())
+    reason = Case(
+        *(When(rule.when, then=rule.reason) for rule in rules), default=Value(default_reason), output_field=CharField()
+    )
     final = [rule.when for rule in rules if rule.state in FINAL_DELIVERY_STATES]
+    default_finished = Value(timezone.now() if default_state in FINAL_DELIVERY_STATES else None)
     finished = Case(
-        *(When(q, then=Value(action.created_at)) for q in final), default=Value(None), output_field=DateTimeField()
+        *(When(q, then=Value(action.created_at)) for q in final), default=default_finished, output_field=DateTimeField()
     )
     select = devices.order_by().annotate(
         _action=Value(action.pk, output_field=IntegerField()),

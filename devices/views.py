@@ -3,6 +3,7 @@ from datetime import timedelta
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
+from django.core.exceptions import PermissionDenied
 from django.db import transaction
 from django.db.models import QuerySet
 from django.http import Http404, HttpResponseBadRequest
@@ -53,7 +54,7 @@ def _device_context(device: Device) -> dict:
         "access": device.access,
         "deliveries": deliveries,
         "has_open_delivery": any(d.state in OPEN_DELIVERY_STATES for d in deliveries),
-        "general_actions": [s for s in specs if not s.danger],
+        "general_actions": [s for s in specs if not s.danger and s.needs_agent_api],
         "dangerous_actions": [s for s in specs if s.danger],
     }
 
@@ -146,6 +147,9 @@ def fleet_action(request, fleet_id, kind):
         target = _selection_target(fleet, request.POST if request.method == "POST" else request.GET)
     except BadSelection as error:
         return _refuse(request, fleet, str(error))
+    required = spec.role_for(target.scope)
+    if not fleet.access.allows(required):
+        raise PermissionDenied(f"{spec.label} for the whole fleet needs the {required.label} role.")
     return _confirm_or_dispatch(request, spec, target)
 
 
@@ -205,7 +209,8 @@ def _confirm_or_dispatch(request, spec: services.ActionSpec, target: Target):
             offline_policy=policy,
             ttl=ttl,
         )
-    messages.success(request, f"{spec.label}: sent to {target.what(preview)}.")
+    verb = "sent to" if spec.needs_agent_api else "applied to"
+    messages.success(request, f"{spec.label}: {verb} {target.what(preview)}.")
     if target.scope == ActionScope.DEVICE:
         url = reverse("devices:detail", args=[target.device.uuid])
     else:

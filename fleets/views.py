@@ -4,7 +4,7 @@ from django.shortcuts import render
 from django.urls import reverse
 
 from devices.filters import DeviceFilter
-from devices.models import Device, DeviceAction, DeviceStatus
+from devices.models import ActionScope, Device, DeviceAction, DeviceStatus
 from devices.selectors import DEVICE_SORTS, keyset_page, status_q
 from devices.services import ACTIONS
 from fleets.models import FleetMembership
@@ -57,7 +57,7 @@ def fleet_detail(request, fleet_id):
         "sort": sort,
         "sorts": DEVICE_SORTS.values(),
         "counts": _device_counts(fleet),
-        "actions": [spec for spec in ACTIONS.values() if fleet.access.allows(spec.min_role)],
+        "actions": [spec for spec in ACTIONS.values() if fleet.access.allows(spec.role_for(ActionScope.SELECTION))],
         "querystring": _filter_querystring(request.GET),
     }
     if request.htmx and request.htmx.target == "device-table":
@@ -80,7 +80,7 @@ def fleet_actions(request, fleet_id):
         "fleet": fleet,
         "access": fleet.access,
         "tabs": _tabs(fleet, "actions"),
-        "actions": ACTIONS.values(),
+        "actions": [(spec, fleet.access.allows(spec.role_for(ActionScope.FLEET))) for spec in ACTIONS.values()],
         "counts": _device_counts(fleet),
     }
     return render(request, "fleets/actions.html", context)

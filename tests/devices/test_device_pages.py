@@ -111,3 +111,21 @@ class TestRebootConfirmation:
     def test_an_unknown_action_is_404(self, client, p, device):
         client.force_login(p.operator)
         assert client.post(f"/devices/{device.uuid}/actions/explode/").status_code == 404
+
+
+class TestPublicUrlToggle:
+    def test_an_operator_turns_the_public_url_on_from_the_device_page(self, client, p, device):
+        client.force_login(p.operator)
+        response = client.post(f"/devices/{device.uuid}/actions/public_url_on/")
+        assert response.status_code == 302
+        device.refresh_from_db()
+        assert device.public_url_enabled
+        action = DeviceAction.objects.get()
+        assert action.state == "done" and action.succeeded_count == 1
+        assert "Turn off" in client.get(f"/devices/{device.uuid}/").content.decode()
+
+    def test_an_observer_cannot(self, client, p, device):
+        client.force_login(p.observer)
+        assert client.post(f"/devices/{device.uuid}/actions/public_url_on/").status_code == 403
+        device.refresh_from_db()
+        assert not device.public_url_enabled

@@ -136,3 +136,18 @@ class TestSelection:
     def test_developers_get_403(self, client, p):
         client.force_login(p.developer)
         assert client.get(f"/fleets/{p.fleet.pk}/actions/reboot/").status_code == 403
+
+
+class TestPublicUrlsFleetWide:
+    def test_operators_may_enable_a_selection_but_not_the_whole_fleet(self, client, p):
+        device = make_device(p.fleet)
+        client.force_login(p.operator)
+        url = f"/fleets/{p.fleet.pk}/actions/public_url_on/"
+        assert client.post(url, {"ids": [device.pk]}).status_code == 302
+        assert client.post(url).status_code == 403
+
+    def test_administrators_enable_all_public_urls(self, client, p):
+        make_device(p.fleet)
+        client.force_login(p.administrator)
+        assert client.post(f"/fleets/{p.fleet.pk}/actions/public_url_on/").status_code == 302
+        assert DeviceAction.objects.get().scope == "fleet"

@@ -48,7 +48,8 @@ def database_from_url(url: str) -> dict:
                 "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
             },
             # A file, not memory: integration tests run a Celery worker in another process.
-            "TEST": {"NAME": RUN_DIR / "test.sqlite3"},
+            # Per process, so two test runs in one checkout never share a database.
+            "TEST": {"NAME": RUN_DIR / f"test-{os.getpid()}.sqlite3"},
         }
     parts = urlsplit(url)
     if parts.scheme in {"postgres", "postgresql", "pgsql"}:

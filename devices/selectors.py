@@ -3,10 +3,12 @@ has already been checked (a fleet the user may see, or a queryset from devices_f
 
 import base64
 import json
+import time
 from dataclasses import dataclass
 from datetime import datetime
 
-from django.db.models import BooleanField, F, Func, Q, QuerySet, Value
+from django.core.cache import cache
+from django.db.models import BooleanField, Count, F, Func, Q, QuerySet, Value
 
 from devices.models import GOING_DOWN, AgentStatus, DeviceStatus, online_cutoff
 
@@ -122,3 +124,58 @@ def keyset_page(queryset: QuerySet, sort: Sort, cursor: str | None, size: int) -
         last = rows[-1]
         next_cursor = encode_cursor([getattr(last, f) for f in sort.fields])
     return Page(rows=rows, next_cursor=next_cursor, has_previous=after is not None)
+
+
+# --- Fleet device counts -------------------------------------------------------------------------
+
+COUNTS_FRESH_S = 5
+COUNTS_KEEP_S = 3600
+
+
+def _counts_key(fleet_id: int) -> str:
+    return f"fleet-counts:{fleet_id}"
+
+
+def compute_fleet_counts(fleet_id: int) -> dict:
+    """Total and per-status device counts of a fleet: one aggregate query over its devices."""
+    from devices.models import Device
+
+    counts = Device.objects.filter(fleet_id=fleet_id).aggregate(
+        total=Count("id"), **{status.value: Count("id", filter=status_q(status)) for status in DeviceStatus}
+    )
+    counts["computed_at"] = time.time()
+    cache.set(_counts_key(fleet_id), counts, COUNTS_KEEP_S)
+    return counts
+
+
+def fleet_counts(fleet_id: int) -> dict:
+    """The fleet's device counts, at most COUNTS_FRESH_S old, without counting on every page view.
+
+    Counts live in the cache; a stale entry is served while a worker recounts (stale while
+    revalidate), so a page view never pays for COUNT over a large fleet except on a cold cache.
+    """
+    counts = cache.get(_counts_key(fleet_id))
+    if counts is None:
+        return compute_fleet_counts(fleet_id)
+    if time.time() - counts["computed_at"] > COUNTS_FRESH_S and cache.add(f"{_counts_key(fleet_id)}:lock", 1, 30):
+        from devices.tasks import refresh_fleet_counts
+
+        try:
+            refresh_fleet_counts.delay(fleet_id)
+        except Exception:  # the broker is down: count inline rather than show stale numbers forever
+            cache.delete(f"{_counts_key(fleet_id)}:lock")
+            return compute_fleet_counts(fleet_id)
+    return counts
+
+
+def recount_fleet(fleet_id: int) -> None:
+    """The background half of fleet_counts: recount, then let the next stale read ask again."""
+    try:
+        compute_fleet_counts(fleet_id)
+    finally:
+        cache.delete(f"{_counts_key(fleet_id)}:lock")
+
+
+def forget_fleet_counts(*fleet_ids: int) -> None:
+    """After a change that moves devices (move, delete, transfer), counts are recomputed at once."""
+    cache.delete_many([_counts_key(fleet_id) for fleet_id in fleet_ids])

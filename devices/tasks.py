@@ -2,7 +2,7 @@
 
 from celery import shared_task
 
-from devices import services
+from devices import selectors, services
 
 
 @shared_task(acks_late=True)
@@ -23,3 +23,8 @@ def deliver_waiting(device_id: int) -> None:
 @shared_task
 def sweep_actions() -> dict:
     return services.actions_sweep()
+
+
+@shared_task
+def refresh_fleet_counts(fleet_id: int) -> None:
+    selectors.recount_fleet(fleet_id)

@@ -4,8 +4,8 @@ from django.shortcuts import render
 from django.urls import reverse
 
 from devices.filters import DeviceFilter
-from devices.models import ActionScope, Device, DeviceAction, DeviceStatus
-from devices.selectors import DEVICE_SORTS, keyset_page, status_q
+from devices.models import ActionScope, DeviceAction
+from devices.selectors import DEVICE_SORTS, fleet_counts, keyset_page
 from devices.services import ACTIONS
 from fleets.models import FleetMembership
 from fleets.selectors import fleet_for_user, fleets_for_user
@@ -20,13 +20,6 @@ def _tabs(fleet, active: str) -> list[tuple[str, str, bool]]:
         ("Members", reverse("fleets:members", args=[fleet.pk]), active == "members"),
         ("Activity", reverse("fleets:activity", args=[fleet.pk]), active == "activity"),
     ]
-
-
-def _device_counts(fleet) -> dict:
-    """Online, offline, updating, deactivated and total for one fleet: one aggregate query."""
-    return Device.objects.filter(fleet=fleet).aggregate(
-        total=Count("id"), **{status.value: Count("id", filter=status_q(status)) for status in DeviceStatus}
-    )
 
 
 @login_required
@@ -56,7 +49,7 @@ def fleet_detail(request, fleet_id):
         "page": page,
         "sort": sort,
         "sorts": DEVICE_SORTS.values(),
-        "counts": _device_counts(fleet),
+        "counts": fleet_counts(fleet.pk),
         "actions": [spec for spec in ACTIONS.values() if fleet.access.allows(spec.role_for(ActionScope.SELECTION))],
         "querystring": _filter_querystring(request.GET),
     }
@@ -81,7 +74,7 @@ def fleet_actions(request, fleet_id):
         "access": fleet.access,
         "tabs": _tabs(fleet, "actions"),
         "actions": [(spec, fleet.access.allows(spec.role_for(ActionScope.FLEET))) for spec in ACTIONS.values()],
-        "counts": _device_counts(fleet),
+        "counts": fleet_counts(fleet.pk),
     }
     return render(request, "fleets/actions.html", context)
 

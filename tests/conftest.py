@@ -235,3 +235,55 @@ def _isolated_redis_and_fast_passwords(settings, test_redis):
     and hashes passwords cheaply."""
     test_redis.flush()
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
+def wait_until(predicate, timeout: float = 20.0, interval: float = 0.1, message: str = "condition"):
+    """Poll `predicate` until it returns something truthy; fail with `message` after `timeout` s."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {message}")
+        time.sleep(interval)
+
+
+@pytest.fixture
+def simulator(live_server):
+    """The device simulator in a background thread, talking to this test's live server.
+
+    Fast clocks: reports and polls every second, a reboot is dark for 2 s, SIGKILL after 0.5 s.
+    """
+    from devices.simulator import SimulatorThread
+
+    sim = SimulatorThread(
+        live_server.url, report_interval=1.0, poll_interval=1.0, reboot_seconds=2.0, sigkill_after=0.5,
+        os_update_seconds=2.0, start_spread=0.0, seed=1,
+    )  # fmt: skip
+    sim.start()
+    yield sim
+    sim.stop()
+
+
+@pytest.fixture
+def provision(simulator):
+    """provision(fleet, **device fields) -> the Device once the simulated device has registered."""
+    from devices.models import Device
+    from fleets.services import provisioning_key_create
+
+    keys = {}
+
+    def provision(fleet, **fields):
+        if fleet.pk not in keys:
+            keys[fleet.pk] = provisioning_key_create(fleet=fleet, description="test")
+        fields.setdefault("device_type", fleet.default_device_type.slug)
+        fields.setdefault("os_version", "2.58.3")
+        fields.setdefault("agent_version", "1.4.0")
+        virtual = simulator.add_device(provisioning_key=keys[fleet.pk], **fields)
+        return wait_until(  # registered, and its first state report is in
+            lambda: Device.objects.filter(uuid=virtual.uuid, booted_at__isnull=False).first(),
+            message=f"device {virtual.uuid[:7]} to register and report",
+        )
+
+    return provision

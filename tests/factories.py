@@ -7,13 +7,23 @@ from datetime import timedelta
 from django.contrib.auth.models import Permission, User
 from django.utils import timezone
 
+from devices.catalog import create_catalog
 from devices.keys import hash_secret
-from devices.models import Device, DeviceType
+from devices.models import Device, DeviceType, HostOSRelease
 from devices.versions import version_key
 from fleets import services
+from fleets.catalog import create_fleet_types
 from fleets.models import Fleet, FleetRole, FleetType, Organization, OrgRole
 
 _counter = itertools.count(1)
+
+
+def ensure_catalog() -> None:
+    """Reference data from the migrations; a transactional test's flush removes it, so bring it back."""
+    if not FleetType.objects.exists():
+        create_fleet_types(FleetType)
+    if not DeviceType.objects.exists():
+        create_catalog(DeviceType, HostOSRelease)
 
 
 def make_user(username: str | None = None, *, password: str | None = None, **fields) -> User:
@@ -36,6 +46,7 @@ def make_fleet(
     device_type: str = "raspberrypi3",
     **fields,
 ) -> Fleet:
+    ensure_catalog()
     return Fleet.objects.create(
         organization=org or make_org(),
         name=name or f"fleet-{next(_counter)}",

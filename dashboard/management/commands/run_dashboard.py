@@ -26,6 +26,7 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
 from dashboard.embedded_redis import EmbeddedRedis, die_with_parent
+from dashboard.management.commands.seed_demo import DEMO_DEVICES
 
 HOST = "127.0.0.1"
 ACCOUNTS = ("admin", "operator", "developer", "observer", "outsider", "support")
@@ -152,6 +153,8 @@ class Command(BaseCommand):
                 self.spawn("simulator", [
                     *manage, "simulate_devices", "--server", f"http://{HOST}:{port}",
                     "--count", str(devices), "--state-file", str(run_dir / "simulator.json"),
+                    # The demo's layout: shares per fleet, Globex's transfer target left empty.
+                    "--fleet", *(f"{fleet}={share}" for fleet, share in DEMO_DEVICES.items()),
                 ], env)  # fmt: skip
             if not self.stopping.is_set():
                 self.banner(port, env, 0 if no_simulator else devices)

@@ -1,0 +1,616 @@
+"""The agent of one virtual device: its schedule, its calls to the server and the actions it runs.
+
+Each device runs as a few asyncio tasks in the simulator's one event loop. Everything that takes
+time (SIGKILL grace, a reboot, an OS update) is an `asyncio.sleep`, so thousands of devices cost
+little. Actions, release and OS updates share one lock per device: like a real supervisor, a device
+does one such thing at a time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Coroutine
+from typing import TYPE_CHECKING, Any
+
+import aiohttp
+
+from devices.versions import InvalidVersion, version_key
+
+from .model import IDLE, REBOOTING, SHUTTING_DOWN, UPDATING, VirtualDevice
+
+if TYPE_CHECKING:
+    from .core import Simulator
+
+log = logging.getLogger("devices.simulator")
+
+# asyncio.TimeoutError is TimeoutError since 3.11; a refused or reset connection is a ClientError.
+NETWORK_ERRORS = (aiohttp.ClientError, TimeoutError, OSError)
+RESULT_ATTEMPTS = 5
+OS_UPDATE_STEPS = 5
+
+
+class Agent:
+    def __init__(self, sim: Simulator, device: VirtualDevice) -> None:
+        self.sim = sim
+        self.device = device
+        self.target: dict[str, Any] | None = None
+        self._main: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._action_lock = asyncio.Lock()
+        # Reports are sent one at a time so a slow scheduled one cannot overtake a newer one.
+        self._report_lock = asyncio.Lock()
+        self._poll_lock = asyncio.Lock()
+        self._updating = False  # a release or OS update is running or queued on the action lock
+        self._last_blocked = ""
+        self._warned: set[str] = set()
+        # Cleared while the agent API hangs; requests wait on it.
+        self.unhung = asyncio.Event()
+        self.unhung.set()
+
+    # -- task plumbing ---------------------------------------------------------------------
+
+    def start(self, delay: float) -> None:
+        self._main = asyncio.get_running_loop().create_task(
+            self._run(delay), name=f"device-{self.device.uuid}"
+        )
+
+    def spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+        return task
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("device %s: task failed", self.device.uuid, exc_info=task.exception())
+
+    async def stop(self) -> None:
+        self.unhung.set()
+        tasks = [t for t in [self._main, *self._tasks] if t is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    def _alive(self, boot_id: int) -> bool:
+        """Still the same boot, and up: a task begun before a power loss must stop quietly."""
+        return self.device.boot_id == boot_id and self.device.is_up
+
+    def _warn_once(self, what: str, message: str, *args: Any) -> None:
+        if what not in self._warned:
+            self._warned.add(what)
+            log.warning(message, *args)
+
+    # -- the schedule ----------------------------------------------------------------------
+
+    async def _run(self, delay: float) -> None:
+        await asyncio.sleep(delay)
+        dev, sim = self.device, self.sim
+        attempt = 0
+        while not dev.registered:
+            if not dev.provisioning_key:
+                dev.registration_error = "no provisioning key and no api key"
+                return
+            outcome = await self.register() if dev.is_up else "retry"
+            if outcome == "ok":
+                break
+            attempt += 1
+            if outcome == "retry":  # server unreachable or busy: back off, but not past one interval
+                wait = min(sim.report_interval, 0.5 * 2 ** min(attempt, 6))
+            else:  # refused: the key may be fixed later; try again slowly
+                wait = sim.report_interval * sim.orphan_retry_intervals
+            # Jitter, so devices that failed together do not retry together.
+            await asyncio.sleep(wait * (0.5 + sim.rng.random() / 2))
+        self.spawn(self._poll_loop())
+        await self._report_loop()
+
+    async def _report_loop(self) -> None:
+        sim, dev = self.sim, self.device
+        loop = asyncio.get_running_loop()
+        if dev.is_up:
+            await self.report()  # announce at once after registration or when the simulator resumes
+        interval = sim.report_interval
+        due = loop.time() + interval
+        orphan_skips = 0
+        while True:
+            delay = due - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            if not dev.is_up:
+                pass  # dark: nothing to say, and nobody to say it
+            elif dev.orphaned:
+                # Orphaned: keep running, only knock again every few intervals.
+                orphan_skips += 1
+                if orphan_skips >= sim.orphan_retry_intervals:
+                    orphan_skips = 0
+                    sim.metrics.count("orphan_retries")
+                    await self.report()
+            else:
+                sim.metrics.record_lateness(loop.time() - due)
+                dev.write_some_data(sim.rng)
+                await self.report()
+            due += interval
+            now = loop.time()
+            if due < now:  # fell more than a whole interval behind: skip slots rather than burst
+                missed = int((now - due) // interval) + 1
+                sim.metrics.count("missed_report_slots", missed)
+                due += missed * interval
+
+    async def _poll_loop(self) -> None:
+        sim, dev = self.sim, self.device
+        loop = asyncio.get_running_loop()
+        if dev.is_up:
+            await self.poll()  # at boot (or resume) an agent fetches its target at once
+        # Then on a schedule at a random phase: devices started together must not poll together.
+        due = loop.time() + sim.rng.uniform(0, sim.poll_interval)
+        while True:
+            delay = due - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            if dev.is_up and not dev.orphaned:
+                await self.poll()
+            due += sim.poll_interval
+            now = loop.time()
+            if due < now:
+                due += ((now - due) // sim.poll_interval + 1) * sim.poll_interval
+
+    # -- server API ------------------------------------------------------------------------
+
+    async def _request(
+        self,
+        method: str,
+        path: str,
+        body: dict[str, Any] | None = None,
+        *,
+        auth: str | None,
+        headers: dict[str, str] | None = None,
+    ) -> tuple[int, Any, Any]:
+        sim = self.sim
+        assert sim.session is not None, "the simulator is not started"
+        request_headers = {"User-Agent": f"fleet-agent-sim/{self.device.agent_version}"}
+        if auth:
+            request_headers["Authorization"] = f"Bearer {auth}"
+        data = None
+        if body is not None:
+            data = json.dumps(body, separators=(",", ":")).encode()
+            request_headers["Content-Type"] = "application/json"
+        request_headers.update(headers or {})
+        async with sim.session.request(
+            method, sim.server_url + path, data=data, headers=request_headers
+        ) as resp:
+            raw = await resp.read()
+            parsed: Any = None
+            if raw and resp.content_type == "application/json":
+                try:
+                    parsed = json.loads(raw)
+                except ValueError:
+                    parsed = None
+            return resp.status, parsed, resp.headers
+
+    async def register(self) -> str:
+        """POST /devices/register with the provisioning key: "ok", "retry" or "refused"."""
+        dev, metrics = self.device, self.sim.metrics
+        body = {
+            "uuid": dev.uuid,
+            "name": dev.name,
+            "device_type": dev.device_type,
+            "os_version": dev.os_version,
+            "agent_version": dev.agent_version,
+        }
+        try:
+            status, data, _ = await self._request(
+                "POST", "/api/v1/devices/register", body, auth=dev.provisioning_key
+            )
+        except NETWORK_ERRORS as exc:
+            dev.registration_error = f"server unreachable: {exc.__class__.__name__}"
+            return "retry"
+        if status == 201 and isinstance(data, dict) and data.get("api_key"):
+            dev.api_key = str(data["api_key"])
+            dev.push_secret = str(data.get("push_secret") or "")
+            dev.name = str(data.get("name") or dev.name)
+            fleet = data.get("fleet") or {}
+            dev.fleet_id, dev.fleet_name = fleet.get("id"), str(fleet.get("name") or "")
+            dev.registration_error = ""
+            dev.log_event("registered", f"fleet {dev.fleet_id} {dev.fleet_name}")
+            metrics.count("registrations")
+            return "ok"
+        if status >= 500 or status == 429:
+            dev.registration_error = f"server error {status}"
+            return "retry"
+        error = data.get("error", "") if isinstance(data, dict) else ""
+        dev.registration_error = f"{status} {error}".strip()
+        metrics.count("registrations_refused")
+        self._warn_once(
+            f"register-{status}", "device %s: registration refused: %s %s", dev.uuid, status, data or ""
+        )
+        return "refused"
+
+    async def report(self) -> bool:
+        """PATCH /device/state with the full state; a 401 orphans the device."""
+        dev, metrics = self.device, self.sim.metrics
+        if not dev.registered:
+            return False
+        async with self._report_lock:
+            payload = dev.report_payload(self.sim.url)
+            started = time.monotonic()
+            try:
+                status, data, _ = await self._request(
+                    "PATCH", "/api/v1/device/state", payload, auth=dev.api_key
+                )
+            except NETWORK_ERRORS:
+                metrics.count("reports_failed")
+                return False
+            metrics.record_rtt(time.monotonic() - started)
+        if status == 401:
+            metrics.count("reports_refused")
+            self._orphan()
+            return False
+        if 200 <= status < 300:
+            metrics.count("reports")
+            if dev.orphaned:  # the server takes us again (re-provisioned): back to normal
+                dev.orphaned = False
+                dev.log_event("adopted", "the server accepts reports again")
+                log.warning("device %s: reports accepted again, no longer orphaned", dev.uuid)
+            return True
+        metrics.count("reports_failed")
+        self._warn_once(f"report-{status}", "device %s: report refused: %s %s", dev.uuid, status, data or "")
+        return False
+
+    def _orphan(self) -> None:
+        dev = self.device
+        if dev.orphaned:
+            return
+        dev.orphaned = True
+        dev.log_event("orphaned", "401 invalid_api_key")
+        self.sim.metrics.count("orphaned")
+        log.warning(
+            "device %s (%s): refused with 401, deleted on the server; orphaned: keeps running, retries every %g s",
+            dev.uuid,
+            dev.name,
+            self.sim.report_interval * self.sim.orphan_retry_intervals,
+        )
+
+    async def poll(self) -> None:
+        """GET /device/target with the last ETag, then apply it (also on 304: blocked work is retried)."""
+        dev, metrics = self.device, self.sim.metrics
+        if not dev.registered or dev.orphaned:
+            return
+        async with self._poll_lock:
+            headers = {"If-None-Match": dev.etag} if dev.etag else {}
+            try:
+                status, data, response_headers = await self._request(
+                    "GET", "/api/v1/device/target", auth=dev.api_key, headers=headers
+                )
+            except NETWORK_ERRORS:
+                metrics.count("polls_failed")
+                return
+            if status == 401:
+                self._orphan()
+                return
+            if status == 304:
+                metrics.count("polls")
+                metrics.count("polls_not_modified")
+            elif status == 200 and isinstance(data, dict):
+                metrics.count("polls")
+                dev.etag = response_headers.get("ETag")
+                self.target = data
+            else:
+                metrics.count("polls_failed")
+                self._warn_once(f"poll-{status}", "device %s: target poll got %s", dev.uuid, status)
+                return
+        if self.apply_target():
+            await self.report()
+
+    def apply_target(self) -> bool:
+        """Bring the device towards the last target; True when the reported state changed at once."""
+        dev, target = self.device, self.target
+        if not target or not dev.is_up:
+            return False
+        changed = False
+        fleet = target.get("fleet") or {}
+        if isinstance(fleet.get("id"), int) and fleet["id"] != dev.fleet_id:
+            detail = dev.move_to_fleet(fleet["id"], str(fleet.get("name") or ""))
+            if detail:
+                dev.log_event("move", detail)
+                self.sim.metrics.count("moves")
+            changed = True
+        if isinstance(target.get("name"), str) and target["name"]:
+            dev.name = target["name"]
+        if isinstance(target.get("device_type"), str) and target["device_type"]:
+            dev.device_type = target["device_type"]
+        config = target.get("config") or {}
+        local_mode = bool(config.get("local_mode", False))
+        if local_mode != dev.local_mode:
+            dev.local_mode = local_mode
+            dev.log_event("local_mode", "on" if local_mode else "off")
+            changed = True
+        dev.lock_override = bool(config.get("lock_override", False))
+        dev.public_url = bool(config.get("public_url", False))  # the server proxies; nothing to do here
+        dev.target_os_version = str((target.get("os") or {}).get("target_version") or "")
+
+        if self._updating:
+            return changed
+        if self._os_update_wanted(dev.target_os_version):
+            self._start_update(f"host OS {dev.target_os_version}", self._os_update(dev.target_os_version))
+            return changed
+        release = target.get("release")
+        if (
+            isinstance(release, dict)
+            and not dev.local_mode
+            and release.get("commit")
+            and release["commit"] != dev.release
+        ):
+            self._start_update(f"release {str(release['commit'])[:7]}", self._release_update(release))
+        return changed
+
+    def _os_update_wanted(self, version: str) -> bool:
+        try:
+            return bool(version) and version_key(version) > version_key(self.device.os_version)
+        except InvalidVersion:
+            return False
+
+    def _start_update(self, what: str, work: Coroutine[Any, Any, None]) -> None:
+        dev = self.device
+        if dev.update_blocked:
+            work.close()  # never started; retried at the next poll
+            if self._last_blocked != what:
+                self._last_blocked = what
+                holder = dev.update_lock_holder
+                dev.log_event(
+                    "update_blocked", f"{what}: {holder.name if holder else '?'} holds the update lock"
+                )
+                self.sim.metrics.count("updates_blocked")
+            return
+        self._last_blocked = ""
+        self._updating = True
+        self.spawn(work)
+
+    async def post_result(self, key: str, state: str, reason: str) -> bool:
+        """POST the action's result, retrying with backoff while the server is unreachable."""
+        dev, metrics = self.device, self.sim.metrics
+        body = {"key": key, "state": state, "reason": reason}
+        for attempt in range(RESULT_ATTEMPTS):
+            if dev.orphaned:
+                return False
+            if attempt:
+                await asyncio.sleep(min(8.0, 0.5 * 2 ** (attempt - 1)))
+            try:
+                status, data, _ = await self._request(
+                    "POST", "/api/v1/device/actions/result", body, auth=dev.api_key
+                )
+            except NETWORK_ERRORS:
+                continue
+            if status == 401:
+                self._orphan()
+                return False
+            if status >= 500:
+                continue
+            if 200 <= status < 300:
+                metrics.count("results")
+                return True
+            log.warning("device %s: result of %s refused: %s %s", dev.uuid, key, status, data or "")
+            return False
+        metrics.count("results_failed")
+        return False
+
+    # -- agent API: one-shot actions -------------------------------------------------------
+
+    def accept_action(self, kind: str, key: str) -> tuple[int, dict[str, Any]]:
+        """Decide at once (the HTTP answer); the action itself runs in the background."""
+        dev, metrics = self.device, self.sim.metrics
+        if key in dev.accepted_keys:
+            metrics.count("pushes_duplicate")
+            return 200, {"duplicate": True}
+        holder = dev.update_lock_holder
+        if kind == "restart" and dev.update_blocked and holder is not None:
+            metrics.count("pushes_refused_lock")
+            # Not remembered: once the lock is released the same delivery may be retried.
+            return 409, {
+                "error": "update_lock",
+                "detail": f"Service {holder.name} holds the update lock and the target state has no lock override.",
+            }
+        dev.remember_key(key)
+        metrics.count("pushes")
+        self.spawn(self._run_action(kind, key))
+        return 202, {"accepted": True}
+
+    async def _run_action(self, kind: str, key: str) -> None:
+        async with self._action_lock:
+            dev = self.device
+            boot = dev.boot_id
+            if not self._alive(boot):
+                return  # lost power before its turn: never done, never reported
+            dev.actions_executed[kind] += 1
+            dev.log_event(kind, f"key {key}")
+            self.sim.metrics.count(f"executed_{kind}")
+            if kind == "restart":
+                await self._restart(key, boot)
+            elif kind == "purge":
+                await self._purge(key, boot)
+            elif kind == "reboot":
+                await self._reboot(key, boot)
+            elif kind == "shutdown":
+                await self._shutdown(key, boot)
+
+    async def _stop_services(self, boot: int) -> list[str] | None:
+        """SIGTERM every container; one ignoring it gets SIGKILL after the grace period.
+
+        Returns the names of the killed services, or None when the device lost power meanwhile.
+        """
+        dev = self.device
+        for service in dev.services:
+            service.status = "stopping"
+        await self.report()
+        killed = [s.name for s in dev.services if s.ignores_sigterm]
+        if killed:
+            await asyncio.sleep(self.sim.sigkill_after)
+        if not self._alive(boot):
+            return None
+        for service in dev.services:
+            service.status = "exited"
+        return killed
+
+    def _services_reason(self, verb: str, killed: list[str]) -> str:
+        count = len(self.device.services)
+        reason = f"{count} service{'s' if count != 1 else ''} {verb}"
+        if killed:
+            reason += f"; {', '.join(killed)} killed after {self.sim.sigkill_after:g} s"
+        return reason
+
+    async def _restart(self, key: str, boot: int) -> None:
+        killed = await self._stop_services(boot)
+        if killed is None:
+            return
+        self.device.recreate_containers(self.sim.rng)
+        await self.report()
+        await self.post_result(key, "succeeded", self._services_reason("recreated", killed))
+
+    async def _purge(self, key: str, boot: int) -> None:
+        killed = await self._stop_services(boot)
+        if killed is None:
+            return
+        what = self.device.clear_persistent_data()
+        self.device.recreate_containers(self.sim.rng)
+        await self.report()
+        await self.post_result(key, "succeeded", f"{what}; {self._services_reason('restarted', killed)}")
+
+    async def _go_down_and_boot(self, boot: int) -> bool:
+        """Report `rebooting`, stay dark for reboot_seconds, boot. False if power was lost meanwhile."""
+        dev = self.device
+        dev.status = REBOOTING
+        await self.report()
+        if not self._alive(boot):
+            return False
+        dev.go_dark()
+        await asyncio.sleep(self.sim.reboot_seconds)
+        if dev.boot_id != boot or not dev.powered:
+            return False
+        dev.boot()
+        dev.log_event("boot", "after reboot")
+        return True
+
+    async def _reboot(self, key: str, boot: int) -> None:
+        if not await self._go_down_and_boot(boot):
+            return
+        await self.report()
+        self.spawn(self.poll())  # an agent polls its target at boot
+        await self.post_result(key, "succeeded", f"rebooted; back after {self.sim.reboot_seconds:g} s")
+
+    async def _shutdown(self, key: str, boot: int) -> None:
+        dev = self.device
+        dev.status = SHUTTING_DOWN
+        await self.report()
+        # The result goes out before power-off: a device that is off cannot report anything.
+        await self.post_result(key, "succeeded", "shut down; stays off until powered on at the device")
+        if dev.boot_id == boot:
+            dev.power_off()
+            dev.log_event("power_off", "shutdown")
+
+    # -- target state: updates -------------------------------------------------------------
+
+    async def _release_update(self, release: dict[str, Any]) -> None:
+        try:
+            async with self._action_lock:
+                dev = self.device
+                boot = dev.boot_id
+                if not self._alive(boot) or dev.update_blocked:
+                    return
+                dev.status = UPDATING
+                killed = await self._stop_services(boot)
+                if killed is None:
+                    return
+                commit = str(release["commit"])
+                specs = [s for s in release.get("services") or [] if isinstance(s, dict)]
+                dev.use_release(commit, specs, self.sim.rng)
+                dev.status = IDLE
+                dev.log_event(
+                    "release", f"running {commit[:7]}" + (f"; killed {', '.join(killed)}" if killed else "")
+                )
+                self.sim.metrics.count("release_updates")
+                await self.report()
+        finally:
+            self._updating = False
+
+    async def _os_update(self, version: str) -> None:
+        try:
+            async with self._action_lock:
+                dev = self.device
+                boot = dev.boot_id
+                if not self._alive(boot) or dev.update_blocked:
+                    return
+                dev.log_event("os_update", f"{dev.os_version} -> {version}")
+                dev.status = UPDATING
+                dev.os_update_progress = 0
+                await self.report()
+                for step in range(1, OS_UPDATE_STEPS + 1):
+                    await asyncio.sleep(self.sim.os_update_seconds / OS_UPDATE_STEPS)
+                    if not self._alive(boot):
+                        return  # power lost: comes back on the old OS, and tries again at a poll
+                    dev.os_update_progress = step * 100 // OS_UPDATE_STEPS
+                    await self.report()
+                if not await self._go_down_and_boot(boot):
+                    return
+                dev.upgrade_os(version)
+                self.sim.metrics.count("os_updates")
+                await self.report()
+                self.spawn(self.poll())
+        finally:
+            self._updating = False
+
+    # -- control (the simulator's own API, standing in for hands on the device) -------------
+
+    async def _after_boot(self) -> None:
+        await self.report()
+        await self.poll()
+
+    def power_on(self) -> bool:
+        dev = self.device
+        if dev.powered:
+            return False
+        dev.boot()
+        dev.log_event("power_on")
+        if dev.registered:
+            self.spawn(self._after_boot())
+        return True
+
+    def power_off(self) -> bool:
+        """Lose power or network: dark at once, without telling the server."""
+        dev = self.device
+        if not dev.powered:
+            return False
+        dev.power_off()
+        dev.log_event("power_off", "power or network lost")
+        return True
+
+    def set_lock(self, held: bool, service: str | None = None) -> bool:
+        dev = self.device
+        if not dev.services:
+            return False
+        if held:
+            chosen = (
+                next((s for s in dev.services if s.name == service), None) if service else dev.services[0]
+            )
+            if chosen is None:
+                return False
+            chosen.holds_update_lock = True
+        else:
+            for s in dev.services:
+                s.holds_update_lock = False
+        dev.log_event("lock" if held else "unlock", service or "")
+        if dev.is_up:
+            self.spawn(self._after_lock_change())
+        return True
+
+    async def _after_lock_change(self) -> None:
+        self.apply_target()  # a released lock lets a blocked update through now
+        await self.report()
+
+    def set_hung(self, hung: bool) -> None:
+        self.device.hung = hung
+        if hung:
+            self.unhung.clear()
+        else:
+            self.unhung.set()

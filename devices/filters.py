@@ -14,6 +14,9 @@ YES_NO = [("yes", "Yes"), ("no", "No")]
 
 
 class DeviceFilterForm(forms.Form):
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("label_suffix", "")
+        super().__init__(*args, **kwargs)
     def _clean_version(self, field: str) -> str:
         value = (self.cleaned_data.get(field) or "").strip()
         if value and not is_version(value):
@@ -29,19 +32,21 @@ class DeviceFilterForm(forms.Form):
 
 class DeviceFilter(django_filters.FilterSet):
     q = django_filters.CharFilter(method="filter_search", label="Name or UUID")
-    status = django_filters.ChoiceFilter(choices=DeviceStatus.choices, method="filter_status", label="Status")
-    device_type = django_filters.ModelChoiceFilter(
-        queryset=DeviceType.objects.all(), to_field_name="slug", label="Device type"
+    status = django_filters.ChoiceFilter(
+        choices=DeviceStatus.choices, method="filter_status", label="Status", empty_label="Any"
     )
-    os_version = django_filters.CharFilter(method="filter_os_version", label="OS version")
+    device_type = django_filters.ModelChoiceFilter(
+        queryset=DeviceType.objects.all(), to_field_name="slug", label="Device type", empty_label="Any"
+    )
+    os_version = django_filters.CharFilter(method="filter_os_version", label="Version")
     os_op = django_filters.ChoiceFilter(
-        choices=[("eq", "equal to"), ("lt", "older than")], method="filter_noop", label="OS comparison",
+        choices=[("eq", "equal to"), ("lt", "older than")], method="filter_noop", label="Host OS",
         empty_label=None,
     )
     agent_version = django_filters.CharFilter(method="filter_agent_version", label="Agent version")
-    public_url = django_filters.ChoiceFilter(choices=YES_NO, method="filter_flag", label="Public URL")
-    local_mode = django_filters.ChoiceFilter(choices=YES_NO, method="filter_flag", label="Local mode")
-    lock_held = django_filters.ChoiceFilter(choices=YES_NO, method="filter_flag", label="Update lock held")
+    public_url = django_filters.ChoiceFilter(choices=YES_NO, method="filter_flag", label="Public URL", empty_label="Any")
+    local_mode = django_filters.ChoiceFilter(choices=YES_NO, method="filter_flag", label="Local mode", empty_label="Any")
+    lock_held = django_filters.ChoiceFilter(choices=YES_NO, method="filter_flag", label="Update lock", empty_label="Any")
 
     FLAG_FIELDS = {"public_url": "public_url_enabled", "local_mode": "local_mode", "lock_held": "update_lock_held"}
 

@@ -290,10 +290,16 @@ class Preview:
     affected: int
     skipped: list[tuple[str, int]] = field(default_factory=list)
     queued: int = 0
+    offline: int = 0
 
     @property
     def skipped_count(self) -> int:
         return sum(n for _, n in self.skipped)
+
+    @property
+    def possible(self) -> bool:
+        """Whether any selected device could get it now or, with the queue policy, later."""
+        return bool(self.affected or self.queued or self.offline)
 
 
 def action_preview(*, kind: str, devices: QuerySet[Device], offline_policy: str = OfflinePolicy.ONLINE_ONLY) -> Preview:
@@ -307,11 +313,15 @@ def action_preview(*, kind: str, devices: QuerySet[Device], offline_policy: str 
     )
     preview = Preview(selected=sum(counts.values()), affected=counts.get(-1, 0))
     for i, rule in enumerate(rules):
-        if counts.get(i):
-            if rule.state == DeliveryState.WAITING:
-                preview.queued += counts[i]
-            else:
-                preview.skipped.append((rule.label, counts[i]))
+        count = counts.get(i, 0)
+        if not count:
+            continue
+        if rule.state == DeliveryState.WAITING:
+            preview.queued += count
+        else:
+            preview.skipped.append((rule.label, count))
+            if rule.state == DeliveryState.MISSED:
+                preview.offline += count
     return preview
 
 

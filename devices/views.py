@@ -13,7 +13,7 @@ from django.views.decorators.http import require_POST
 from django_htmx.http import HttpResponseClientRedirect
 
 from devices import services
-from devices.filters import filtered_devices
+from devices.filters import DeviceFilter, filtered_devices
 from devices.models import (
     OPEN_DELIVERY_STATES,
     ActionDelivery,
@@ -23,13 +23,31 @@ from devices.models import (
     DeviceAction,
     OfflinePolicy,
 )
-from devices.selectors import Sort, keyset_page
+from devices.selectors import DEVICE_SORTS, Sort, keyset_page
 from fleets.models import Fleet, FleetRole
-from fleets.selectors import device_for_user, fleet_for_user
+from fleets.selectors import device_for_user, devices_for_user, fleet_for_user
 
 MAX_SELECTED_IDS = 1000
+DEVICE_PAGE_SIZE = 50
 OUTCOME_PAGE_SIZE = 100
 TTL_CHOICES = [(1, "1 hour"), (6, "6 hours"), (24, "1 day"), (72, "3 days"), (168, "7 days")]
+
+
+@login_required
+def device_list(request):
+    """Every device the user may see, across fleets: find one by name or UUID."""
+    visible = devices_for_user(request.user).select_related("device_type", "fleet", "fleet__organization")
+    device_filter = DeviceFilter(request.GET, queryset=visible)
+    devices = device_filter.qs if device_filter.is_valid() else visible.none()
+    sort = DEVICE_SORTS.get(request.GET.get("sort", "name"), DEVICE_SORTS["name"])
+    page = keyset_page(devices, sort, request.GET.get("after"), DEVICE_PAGE_SIZE)
+    params = request.GET.copy()
+    params.pop("after", None)
+    context = {"filter": device_filter, "page": page, "sort": sort, "sorts": DEVICE_SORTS.values(),
+               "querystring": params.urlencode()}
+    if request.htmx and request.htmx.target == "device-table":
+        return render(request, "devices/list.html#device-table", context)
+    return render(request, "devices/list.html", context)
 
 
 @login_required
@@ -192,8 +210,8 @@ def _confirm_or_dispatch(request, spec: services.ActionSpec, target: Target):
         else:
             if not timedelta(hours=1) <= ttl <= timedelta(days=7):
                 error = "Keep it between 1 hour and 7 days."
-    if preview.selected == 0:
-        error = "No device is selected."
+    if not preview.possible:
+        error = "None of the selected devices can receive this action."
     if error:
         context["error"] = error
         return render(request, "devices/action_confirm.html", context, status=400)

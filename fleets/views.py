@@ -7,10 +7,9 @@ from devices.filters import DeviceFilter
 from devices.models import ActionScope, DeviceAction
 from devices.selectors import DEVICE_SORTS, fleet_counts, keyset_page
 from devices.services import ACTIONS
+from devices.views import DEVICE_PAGE_SIZE
 from fleets.models import FleetMembership
 from fleets.selectors import fleet_for_user, fleets_for_user
-
-DEVICE_PAGE_SIZE = 50
 
 
 def _tabs(fleet, active: str) -> list[tuple[str, str, bool]]:

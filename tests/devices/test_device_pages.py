@@ -129,3 +129,27 @@ class TestPublicUrlToggle:
         assert client.post(f"/devices/{device.uuid}/actions/public_url_on/").status_code == 403
         device.refresh_from_db()
         assert not device.public_url_enabled
+
+
+class TestDeviceList:
+    def test_it_lists_devices_of_every_visible_fleet_and_no_other(self, client, p, device):
+        hidden = make_device(p.other_fleet, name="not-yours")
+        client.force_login(p.observer)
+        html = client.get("/devices/").content.decode()
+        assert device.name in html and hidden.name not in html
+
+    def test_it_finds_a_device_by_uuid_prefix(self, client, p, device):
+        make_device(p.fleet, name="another")
+        client.force_login(p.observer)
+        html = client.get("/devices/", {"q": device.uuid[:8]}).content.decode()
+        assert device.name in html and "another" not in html
+
+    def test_support_staff_see_only_devices_under_a_live_grant(self, client, p, device):
+        from datetime import timedelta
+
+        from django.utils import timezone
+
+        granted = make_device(p.fleet, name="granted", support_access_until=timezone.now() + timedelta(hours=1))
+        client.force_login(p.support)
+        html = client.get("/devices/").content.decode()
+        assert granted.name in html and device.name not in html

@@ -57,12 +57,27 @@ def test_a_device_that_is_offline_misses_the_reboot(client, p, celery_worker, pr
 
 
 def test_an_agent_before_1_1_is_unsupported_and_nothing_is_sent(client, p, celery_worker, provision, simulator):
-    device = provision(p.fleet, agent_version="1.0.3")
+    old = provision(p.fleet, agent_version="1.0.3")
+    new = provision(p.fleet, agent_version="1.4.0")
     client.force_login(p.operator)
-    client.post(f"/devices/{device.uuid}/actions/reboot/")
+    assert client.post(f"/fleets/{p.fleet.pk}/actions/reboot/").status_code == 302
     delivery = wait_until(lambda: ActionDelivery.objects.filter(state="unsupported").first(), message="unsupported")
-    assert "1.0.3" in delivery.reason
-    assert simulator.call(_snapshot(simulator, device.uuid))["actions_executed"].get("reboot", 0) == 0
+    assert delivery.device_id == old.pk and "1.0.3" in delivery.reason
+    wait_until(lambda: ActionDelivery.objects.filter(device_id=new.pk, state="succeeded").exists(), timeout=30,
+               message="the other device to reboot")
+    assert simulator.call(_snapshot(simulator, old.uuid))["actions_executed"].get("reboot", 0) == 0
+    assert "Unsupported" in client.get(f"/devices/{old.uuid}/").content.decode()
+
+
+def test_a_single_device_without_action_api_is_refused_with_the_reason(client, p, celery_worker, provision):
+    old = provision(p.fleet, agent_version="1.0.3")
+    client.force_login(p.operator)
+    html = client.get(f"/devices/{old.uuid}/").content.decode()
+    assert "Needs agent 1.1.0 or newer" in html
+    response = client.post(f"/devices/{old.uuid}/actions/reboot/")
+    assert response.status_code == 400
+    assert "None of the selected devices can receive this action" in response.content.decode()
+    assert not DeviceAction.objects.exists()
 
 
 def test_an_agent_that_does_not_answer_fails_with_the_reason(client, p, celery_worker, provision, simulator, settings):

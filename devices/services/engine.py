@@ -12,7 +12,6 @@ progress is one row read.
 """
 
 import asyncio
-import hashlib
 import json
 import logging
 import time
@@ -22,228 +21,31 @@ from datetime import timedelta
 
 import aiohttp
 from django.conf import settings
-from django.db import IntegrityError, connection, transaction
+from django.db import connection, transaction
 from django.db.models import Case, CharField, Count, DateTimeField, F, IntegerField, Q, QuerySet, Value, When
 from django.db.models.functions import Concat
 from django.utils import timezone
 
 from devices.filters import filtered_devices
-from devices.keys import hash_secret, new_secret, push_secret_for, sign_push
+from devices.keys import push_secret_for, sign_push
 from devices.models import (
     FINAL_DELIVERY_STATES,
     ActionDelivery,
-    ActionKind,
     ActionScope,
     ActionState,
     DeliveryState,
     Device,
     DeviceAction,
-    DeviceType,
     OfflinePolicy,
     delivery_key,
 )
 from devices.selectors import online_q
-from devices.versions import AGENT_API_MIN, version_key
-from fleets.models import Fleet, FleetRole, ProvisioningKey
+from devices.services.agent import AgentError
+from devices.services.specs import ACTIONS, ActionError
+from devices.versions import AGENT_API_MIN
+from fleets.models import Fleet
 
 log = logging.getLogger(__name__)
-
-
-class AgentError(Exception):
-    """A refused agent request: becomes a JSON error response with `status`."""
-
-    def __init__(self, status: int, code: str, detail: str, fields: dict | None = None):
-        super().__init__(detail)
-        self.status, self.code, self.detail, self.fields = status, code, detail, fields or {}
-
-
-class ActionError(Exception):
-    """A refused action: the message is shown to the user; nothing was changed."""
-
-
-# --- The agent protocol ------------------------------------------------------------------------
-
-
-@transaction.atomic
-def device_register(
-    *, provisioning_key: str, uuid: str, name: str, device_type: str, os_version: str, agent_version: str
-) -> tuple[Device, str]:
-    """Register a device in the provisioning key's fleet; returns it with its api key (plaintext once)."""
-    now = timezone.now()
-    key = (
-        ProvisioningKey.objects.select_related("fleet__default_device_type", "fleet__fleet_type")
-        .filter(key_hash=hash_secret(provisioning_key), revoked_at__isnull=True)
-        .filter(Q(expires_at__isnull=True) | Q(expires_at__gt=now))
-        .first()
-    )
-    if key is None:
-        raise AgentError(401, "invalid_provisioning_key", "The provisioning key is unknown, revoked or expired.")
-    fleet = key.fleet
-    dtype = DeviceType.objects.filter(slug=device_type).first()
-    if dtype is None:
-        raise AgentError(400, "invalid", f"Unknown device type {device_type!r}.", {"device_type": "unknown"})
-    if dtype.arch != fleet.default_device_type.arch:
-        raise AgentError(
-            400,
-            "invalid",
-            f"A {dtype.name} ({dtype.arch}) cannot join {fleet.name}, "
-            f"whose devices are {fleet.default_device_type.arch}.",
-            {"device_type": "architecture differs from the fleet's"},
-        )
-    limit = fleet.fleet_type.max_devices
-    if limit is not None and Device.objects.filter(fleet=fleet).count() >= limit:
-        raise AgentError(
-            409, "fleet_full", f"{fleet.name} is a {fleet.fleet_type.name} fleet, limited to {limit} devices."
-        )
-    api_key = new_secret()
-    try:
-        with transaction.atomic():
-            device = Device.objects.create(
-                uuid=uuid,
-                name=name or uuid[:7],
-                fleet=fleet,
-                device_type=dtype,
-                os_version=os_version,
-                os_version_key=version_key(os_version),
-                agent_version=agent_version,
-                agent_version_key=version_key(agent_version),
-                api_key_hash=hash_secret(api_key),
-                registered_at=now,
-            )
-    except IntegrityError:
-        raise AgentError(409, "already_registered", f"A device with UUID {uuid} is already registered.") from None
-    return device, api_key
-
-
-def device_for_api_key(api_key: str) -> Device | None:
-    return (
-        Device.objects.select_related("fleet", "device_type", "fleet__target_release")
-        .filter(api_key_hash=hash_secret(api_key))
-        .first()
-    )
-
-
-def device_report_state(*, device: Device, fields: dict, now=None) -> None:
-    """Apply one validated state report: a single UPDATE. A device that comes back gets what waited."""
-    now = now or timezone.now()
-    was_online = device.is_online
-    Device.objects.filter(pk=device.pk).update(last_seen_at=now, **fields)
-    if not was_online:
-        from devices.tasks import deliver_waiting
-
-        if ActionDelivery.objects.filter(device_id=device.pk, state=DeliveryState.WAITING).exists():
-            transaction.on_commit(lambda: deliver_waiting.delay(device.pk))
-
-
-def device_target_state(device: Device) -> dict:
-    """What the agent should converge to. Its hash is the ETag."""
-    release = device.fleet.target_release
-    return {
-        "uuid": device.uuid,
-        "name": device.name,
-        "fleet": {"id": device.fleet_id, "name": device.fleet.name},
-        "device_type": device.device_type.slug,
-        "release": (
-            {"commit": release.commit, "version": release.version, "services": release.services} if release else None
-        ),
-        "config": {
-            "public_url": device.public_url_enabled,
-            "local_mode": device.local_mode,
-            "lock_override": device.lock_override,
-        },
-        "os": {"target_version": device.target_os_version},
-    }
-
-
-def target_etag(target: dict) -> str:
-    return '"' + hashlib.sha256(json.dumps(target, sort_keys=True).encode()).hexdigest()[:32] + '"'
-
-
-# --- The action engine: what each kind needs ----------------------------------------------------
-
-PUSH_KINDS = (ActionKind.RESTART, ActionKind.PURGE, ActionKind.REBOOT, ActionKind.SHUTDOWN)
-
-
-@dataclass(frozen=True)
-class ActionSpec:
-    """What the dashboard says about an action kind and what it asks before running it."""
-
-    kind: ActionKind
-    min_role: FleetRole
-    description: str
-    warning: str = ""
-    typed_confirmation: frozenset = frozenset()  # scopes in which the user types the name or count
-    danger: bool = False
-    # A setting is written to the devices' target state instead of being pushed.
-    sets: dict | None = None
-    done_reason: str = ""
-    fleet_role: FleetRole | None = None  # the role a fleet-wide run needs, when higher
-
-    @property
-    def label(self) -> str:
-        return self.kind.label
-
-    @property
-    def needs_agent_api(self) -> bool:
-        return self.sets is None
-
-    def role_for(self, scope: str) -> FleetRole:
-        return self.fleet_role if scope == ActionScope.FLEET and self.fleet_role else self.min_role
-
-
-ALL_SCOPES = frozenset(ActionScope)
-ACTIONS = {
-    spec.kind: spec
-    for spec in [
-        ActionSpec(
-            ActionKind.RESTART,
-            FleetRole.OPERATOR,
-            "Removes every service container and recreates it from scratch. Each service gets SIGTERM, "
-            "then SIGKILL after 10 seconds.",
-            warning="Data outside /data and named volumes is lost. This is not a reboot.",
-            typed_confirmation=frozenset({ActionScope.FLEET, ActionScope.SELECTION}),
-        ),
-        ActionSpec(
-            ActionKind.PURGE,
-            FleetRole.OPERATOR,
-            "Clears persistent storage: /data on host OS before 2.12.0; from 2.12.0 every named volume is "
-            "deleted and recreated empty.",
-            warning="The data cannot be recovered.",
-            typed_confirmation=ALL_SCOPES,
-            danger=True,
-        ),
-        ActionSpec(
-            ActionKind.REBOOT,
-            FleetRole.OPERATOR,
-            "Power-cycles the whole device, kernel included. It goes offline and comes back with its uptime reset.",
-        ),
-        ActionSpec(
-            ActionKind.SHUTDOWN,
-            FleetRole.OPERATOR,
-            "Powers the device off safely.",
-            warning="There is no remote power-on: someone has to switch the device on again where it stands.",
-            typed_confirmation=ALL_SCOPES,
-            danger=True,
-        ),
-        ActionSpec(
-            ActionKind.PUBLIC_URL_ON,
-            FleetRole.OPERATOR,
-            "Serves each device's port 80 over HTTP at a public URL made from its UUID. Devices added to the "
-            "fleet later keep the default (off).",
-            sets={"public_url_enabled": True},
-            done_reason="Public URL on",
-            fleet_role=FleetRole.ADMINISTRATOR,
-        ),
-        ActionSpec(
-            ActionKind.PUBLIC_URL_OFF,
-            FleetRole.OPERATOR,
-            "Stops serving the devices' port 80 at their public URLs.",
-            sets={"public_url_enabled": False},
-            done_reason="Public URL off",
-            fleet_role=FleetRole.ADMINISTRATOR,
-        ),
-    ]
-}
 
 
 @dataclass(frozen=True)
@@ -259,27 +61,43 @@ class Rule:
 def _default_outcome(kind: str) -> tuple[DeliveryState, str]:
     """What a device that no rule skips gets: pushed later (pending), or a setting applied now."""
     spec = ACTIONS[kind]
-    return (DeliveryState.PENDING, "") if spec.needs_agent_api else (DeliveryState.SUCCEEDED, spec.done_reason)
+    return (
+        (DeliveryState.PENDING, "") if spec.needs_agent_api else (DeliveryState.SUCCEEDED, spec.done_reason)
+    )
 
 
 def _rules(kind: str, offline_policy: str, now) -> list[Rule]:
-    rules = [Rule(Q(is_active=False), DeliveryState.UNSUPPORTED, Value("Device is deactivated"), "deactivated")]
+    rules = [
+        Rule(Q(is_active=False), DeliveryState.UNSUPPORTED, Value("Device is deactivated"), "deactivated")
+    ]
     if ACTIONS[kind].needs_agent_api:
         rules.append(
             Rule(
                 Q(agent_version_key__lt=AGENT_API_MIN),
                 DeliveryState.UNSUPPORTED,
-                Concat(Value("Agent "), F("agent_version"), Value(" has no action API (1.1.0 or newer needed)")),
+                Concat(
+                    Value("Agent "), F("agent_version"), Value(" has no action API (1.1.0 or newer needed)")
+                ),
                 "agent older than 1.1.0",
             )
         )
         if offline_policy == OfflinePolicy.QUEUE:
             rules.append(
-                Rule(~online_q(now), DeliveryState.WAITING, Value("Offline: will be sent when it reports"), "offline: queued")
+                Rule(
+                    ~online_q(now),
+                    DeliveryState.WAITING,
+                    Value("Offline: will be sent when it reports"),
+                    "offline: queued",
+                )
             )
         else:
             rules.append(
-                Rule(~online_q(now), DeliveryState.MISSED, Value("Offline when the action was sent"), "offline: will miss it")
+                Rule(
+                    ~online_q(now),
+                    DeliveryState.MISSED,
+                    Value("Offline when the action was sent"),
+                    "offline: will miss it",
+                )
             )
     return rules
 
@@ -302,14 +120,22 @@ class Preview:
         return bool(self.affected or self.queued or self.offline)
 
 
-def action_preview(*, kind: str, devices: QuerySet[Device], offline_policy: str = OfflinePolicy.ONLINE_ONLY) -> Preview:
+def action_preview(
+    *, kind: str, devices: QuerySet[Device], offline_policy: str = OfflinePolicy.ONLINE_ONLY
+) -> Preview:
     """How many devices an action would reach, and which are skipped and why: one aggregate query."""
     rules = _rules(kind, offline_policy, timezone.now())
     rule_index = Case(
-        *(When(rule.when, then=Value(i)) for i, rule in enumerate(rules)), default=Value(-1), output_field=IntegerField()
+        *(When(rule.when, then=Value(i)) for i, rule in enumerate(rules)),
+        default=Value(-1),
+        output_field=IntegerField(),
     )
     counts = dict(
-        devices.order_by().annotate(_rule=rule_index).values_list("_rule").annotate(n=Count("id")).values_list("_rule", "n")
+        devices.order_by()
+        .annotate(_rule=rule_index)
+        .values_list("_rule")
+        .annotate(n=Count("id"))
+        .values_list("_rule", "n")
     )
     preview = Preview(selected=sum(counts.values()), affected=counts.get(-1, 0))
     for i, rule in enumerate(rules):
@@ -390,7 +216,9 @@ def _enqueue_expand(action_id: int) -> None:
 # --- Delivery state changes ----------------------------------------------------------------------
 
 
-def _transition(action_id: int, deliveries: QuerySet, from_states, to_state: str, *, reason=None, now=None) -> int:
+def _transition(
+    action_id: int, deliveries: QuerySet, from_states, to_state: str, *, reason=None, now=None
+) -> int:
     """Move deliveries from any of `from_states` to `to_state`, keeping the action's counters exact."""
     now = now or timezone.now()
     values = {"state": to_state}
@@ -429,21 +257,34 @@ EXPAND_CHUNK = 10_000
 
 def action_expand(action_id: int) -> None:
     """Turn an action's scope into deliveries, chunk by chunk, enqueueing batches as it goes."""
-    claimed = DeviceAction.objects.filter(pk=action_id, state__in=[ActionState.QUEUED, ActionState.EXPANDING]).update(
-        state=ActionState.EXPANDING, started_at=timezone.now()
-    )
+    claimed = DeviceAction.objects.filter(
+        pk=action_id, state__in=[ActionState.QUEUED, ActionState.EXPANDING]
+    ).update(state=ActionState.EXPANDING, started_at=timezone.now())
     if not claimed:
         return  # cancelled, or a duplicate message for an action already expanded
     action = DeviceAction.objects.get(pk=action_id)
     devices = scope_devices(action).order_by("id")
     # Resume after a crash: rows already inserted are skipped by starting after the last one.
-    last = ActionDelivery.objects.filter(action_id=action_id).order_by("-device_id").values_list("device_id", flat=True).first() or 0
+    last = (
+        ActionDelivery.objects.filter(action_id=action_id)
+        .order_by("-device_id")
+        .values_list("device_id", flat=True)
+        .first()
+        or 0
+    )
     rules = _rules(action.kind, action.offline_policy, action.created_at)
     while True:
-        bound = next(iter(devices.filter(pk__gt=last).values_list("pk", flat=True)[EXPAND_CHUNK - 1 : EXPAND_CHUNK]), None)
+        bound = next(
+            iter(devices.filter(pk__gt=last).values_list("pk", flat=True)[EXPAND_CHUNK - 1 : EXPAND_CHUNK]),
+            None,
+        )
         chunk = devices.filter(pk__gt=last) if bound is None else devices.filter(pk__gt=last, pk__lte=bound)
         with transaction.atomic():
-            if not DeviceAction.objects.filter(pk=action_id, state=ActionState.EXPANDING).select_for_update().exists():
+            if (
+                not DeviceAction.objects.filter(pk=action_id, state=ActionState.EXPANDING)
+                .select_for_update()
+                .exists()
+            ):
                 return  # cancelled while expanding
             _insert_deliveries(action, chunk, rules)
             changes = ACTIONS[action.kind].sets
@@ -454,7 +295,9 @@ def action_expand(action_id: int) -> None:
         if bound is None:
             break
         last = bound
-    DeviceAction.objects.filter(pk=action_id, state=ActionState.EXPANDING).update(state=ActionState.DISPATCHING)
+    DeviceAction.objects.filter(pk=action_id, state=ActionState.EXPANDING).update(
+        state=ActionState.DISPATCHING
+    )
     _finish_if_settled(action_id)
 
 
@@ -467,20 +310,28 @@ def _insert_deliveries(action: DeviceAction, devices: QuerySet[Device], rules: l
         output_field=CharField(),
     )
     reason = Case(
-        *(When(rule.when, then=rule.reason) for rule in rules), default=Value(default_reason), output_field=CharField()
+        *(When(rule.when, then=rule.reason) for rule in rules),
+        default=Value(default_reason),
+        output_field=CharField(),
     )
     final = [rule.when for rule in rules if rule.state in FINAL_DELIVERY_STATES]
     default_finished = Value(timezone.now() if default_state in FINAL_DELIVERY_STATES else None)
     finished = Case(
-        *(When(q, then=Value(action.created_at)) for q in final), default=default_finished, output_field=DateTimeField()
+        *(When(q, then=Value(action.created_at)) for q in final),
+        default=default_finished,
+        output_field=DateTimeField(),
     )
-    select = devices.order_by().annotate(
-        _action=Value(action.pk, output_field=IntegerField()),
-        _state=state,
-        _reason=reason,
-        _attempts=Value(0, output_field=IntegerField()),
-        _finished=finished,
-    ).values_list("_action", "pk", "uuid", "name", "_state", "_reason", "_attempts", "_finished")
+    select = (
+        devices.order_by()
+        .annotate(
+            _action=Value(action.pk, output_field=IntegerField()),
+            _state=state,
+            _reason=reason,
+            _attempts=Value(0, output_field=IntegerField()),
+            _finished=finished,
+        )
+        .values_list("_action", "pk", "uuid", "name", "_state", "_reason", "_attempts", "_finished")
+    )
     sql, params = select.query.sql_with_params()
     table = ActionDelivery._meta.db_table
     with connection.cursor() as cursor:
@@ -500,10 +351,14 @@ def _count_chunk(action_id: int, after: int, upto: int | None) -> list[int]:
     counts = dict(rows.order_by().values_list("state").annotate(n=Count("id")).values_list("state", "n"))
     if counts:
         updates = {f"{state}_count": F(f"{state}_count") + n for state, n in counts.items()}
-        DeviceAction.objects.filter(pk=action_id).update(target_count=F("target_count") + sum(counts.values()), **updates)
+        DeviceAction.objects.filter(pk=action_id).update(
+            target_count=F("target_count") + sum(counts.values()), **updates
+        )
     if not counts.get(DeliveryState.PENDING):
         return []
-    return list(rows.filter(state=DeliveryState.PENDING).order_by("device_id").values_list("device_id", flat=True))
+    return list(
+        rows.filter(state=DeliveryState.PENDING).order_by("device_id").values_list("device_id", flat=True)
+    )
 
 
 def _enqueue_batches(action_id: int, pending_ids: list[int]) -> None:
@@ -541,7 +396,13 @@ def action_deliver_waiting(device_id: int) -> None:
         rows = ActionDelivery.objects.filter(action_id=action_id, device_id=device_id)
         with transaction.atomic():
             if deliver_until and deliver_until < now:
-                _transition(action_id, rows, [DeliveryState.WAITING], DeliveryState.EXPIRED, reason="Time limit passed before the device came back")
+                _transition(
+                    action_id,
+                    rows,
+                    [DeliveryState.WAITING],
+                    DeliveryState.EXPIRED,
+                    reason="Time limit passed before the device came back",
+                )
                 _finish_if_settled(action_id)
                 continue
             _transition(action_id, rows, [DeliveryState.WAITING], DeliveryState.PENDING)
@@ -577,7 +438,14 @@ def _record_push_results(action_id: int, rows: QuerySet, results: list[PushResul
     now = timezone.now()
     with transaction.atomic():
         for (state, reason), ids in groups.items():
-            _transition(action_id, rows.filter(device_id__in=ids), [DeliveryState.SENDING], state, reason=reason, now=now)
+            _transition(
+                action_id,
+                rows.filter(device_id__in=ids),
+                [DeliveryState.SENDING],
+                state,
+                reason=reason,
+                now=now,
+            )
         _finish_if_settled(action_id)
 
 
@@ -610,9 +478,13 @@ async def _push_one(session, kind: str, params: dict, action_id: int, target: di
             detail = await _error_detail(response)
             if response.status == 409:
                 return PushResult(device_id, DeliveryState.BLOCKED, detail or "Blocked by the update lock")
-            return PushResult(device_id, DeliveryState.FAILED, f"Agent answered {response.status}: {detail}".strip(": "))
+            return PushResult(
+                device_id, DeliveryState.FAILED, f"Agent answered {response.status}: {detail}".strip(": ")
+            )
     except TimeoutError:
-        return PushResult(device_id, DeliveryState.FAILED, f"No answer within {settings.AGENT_PUSH_TIMEOUT_S:g} s")
+        return PushResult(
+            device_id, DeliveryState.FAILED, f"No answer within {settings.AGENT_PUSH_TIMEOUT_S:g} s"
+        )
     except aiohttp.ClientError as error:
         return PushResult(device_id, DeliveryState.FAILED, f"Unreachable: {error.__class__.__name__}")
 
@@ -627,7 +499,11 @@ async def _error_detail(response) -> str:
 
 # --- Results, cancel, sweep ----------------------------------------------------------------------
 
-RESULT_STATES = {"succeeded": DeliveryState.SUCCEEDED, "failed": DeliveryState.FAILED, "blocked": DeliveryState.BLOCKED}
+RESULT_STATES = {
+    "succeeded": DeliveryState.SUCCEEDED,
+    "failed": DeliveryState.FAILED,
+    "blocked": DeliveryState.BLOCKED,
+}
 
 
 @transaction.atomic
@@ -636,13 +512,17 @@ def action_record_result(*, device: Device, key: str, state: str, reason: str = 
     try:
         action_id, device_id = (int(part) for part in key.split("-", 1))
     except ValueError:
-        raise AgentError(404, "unknown_action", "That key is not an action delivery of this device.") from None
+        raise AgentError(
+            404, "unknown_action", "That key is not an action delivery of this device."
+        ) from None
     if device_id != device.pk:
         raise AgentError(404, "unknown_action", "That key is not an action delivery of this device.")
     rows = ActionDelivery.objects.filter(action_id=action_id, device_id=device_id)
     if not rows.exists():
         raise AgentError(404, "unknown_action", "That key is not an action delivery of this device.")
-    moved = _transition(action_id, rows, [DeliveryState.SENT, DeliveryState.SENDING], RESULT_STATES[state], reason=reason)
+    moved = _transition(
+        action_id, rows, [DeliveryState.SENT, DeliveryState.SENDING], RESULT_STATES[state], reason=reason
+    )
     _finish_if_settled(action_id)
     return bool(moved)
 
@@ -656,8 +536,12 @@ def action_cancel(*, action: DeviceAction) -> int:
     DeviceAction.objects.filter(pk=action.pk).update(state=ActionState.CANCELLED, finished_at=now)
     rows = ActionDelivery.objects.filter(action_id=action.pk)
     return _transition(
-        action.pk, rows, [DeliveryState.PENDING, DeliveryState.WAITING], DeliveryState.CANCELLED,
-        reason="Cancelled before it was sent", now=now,
+        action.pk,
+        rows,
+        [DeliveryState.PENDING, DeliveryState.WAITING],
+        DeliveryState.CANCELLED,
+        reason="Cancelled before it was sent",
+        now=now,
     )
 
 
@@ -665,13 +549,17 @@ def actions_sweep(now=None) -> dict:
     """Periodic: expire what waited too long, fail what never reported, re-send what was never dispatched."""
     now = now or timezone.now()
     stats = {"expired": 0, "timed_out": 0, "requeued": 0}
-    for action_id in (
-        DeviceAction.objects.filter(deliver_until__lt=now, waiting_count__gt=0).values_list("pk", flat=True)
+    for action_id in DeviceAction.objects.filter(deliver_until__lt=now, waiting_count__gt=0).values_list(
+        "pk", flat=True
     ):
         with transaction.atomic():
             stats["expired"] += _transition(
-                action_id, ActionDelivery.objects.filter(action_id=action_id), [DeliveryState.WAITING],
-                DeliveryState.EXPIRED, reason="Time limit passed before the device came back", now=now,
+                action_id,
+                ActionDelivery.objects.filter(action_id=action_id),
+                [DeliveryState.WAITING],
+                DeliveryState.EXPIRED,
+                reason="Time limit passed before the device came back",
+                now=now,
             )
             _finish_if_settled(action_id)
     result_deadline = now - timedelta(seconds=settings.ACTION_RESULT_TIMEOUT_S)
@@ -679,14 +567,18 @@ def actions_sweep(now=None) -> dict:
         late = ActionDelivery.objects.filter(action_id=action_id, sent_at__lt=result_deadline)
         with transaction.atomic():
             stats["timed_out"] += _transition(
-                action_id, late, [DeliveryState.SENT], DeliveryState.FAILED,
-                reason=f"No result from the device within {settings.ACTION_RESULT_TIMEOUT_S} s", now=now,
+                action_id,
+                late,
+                [DeliveryState.SENT],
+                DeliveryState.FAILED,
+                reason=f"No result from the device within {settings.ACTION_RESULT_TIMEOUT_S} s",
+                now=now,
             )
             _finish_if_settled(action_id)
     stale = now - timedelta(seconds=10)
-    for action_id in DeviceAction.objects.filter(state=ActionState.QUEUED, created_at__lt=stale).values_list("pk", flat=True):
+    for action_id in DeviceAction.objects.filter(state=ActionState.QUEUED, created_at__lt=stale).values_list(
+        "pk", flat=True
+    ):
         _enqueue_expand(action_id)
         stats["requeued"] += 1
     return stats
-
-

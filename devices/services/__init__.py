@@ -1,0 +1,56 @@
+"""Writes for devices. Views and tasks import from here: `from devices import services`.
+
+- agent:  what the agent protocol changes (registration, state reports, the target state)
+- specs:  the action kinds, their roles, descriptions and confirmations
+- engine: the durable, batched dispatch path every action goes through
+"""
+
+from devices.keys import push_secret_for
+from devices.services.agent import (
+    AgentError,
+    device_for_api_key,
+    device_register,
+    device_report_state,
+    device_target_state,
+    target_etag,
+)
+from devices.services.engine import (
+    RESULT_STATES,
+    Preview,
+    action_cancel,
+    action_create,
+    action_deliver_range,
+    action_deliver_waiting,
+    action_expand,
+    action_preview,
+    action_record_result,
+    actions_sweep,
+    scope_devices,
+)
+from devices.services.specs import ACTIONS, ALL_SCOPES, PUSH_KINDS, ActionError, ActionSpec
+
+__all__ = [
+    "ACTIONS",
+    "ALL_SCOPES",
+    "PUSH_KINDS",
+    "RESULT_STATES",
+    "ActionError",
+    "ActionSpec",
+    "AgentError",
+    "Preview",
+    "action_cancel",
+    "action_create",
+    "action_deliver_range",
+    "action_deliver_waiting",
+    "action_expand",
+    "action_preview",
+    "action_record_result",
+    "actions_sweep",
+    "device_for_api_key",
+    "device_register",
+    "device_report_state",
+    "device_target_state",
+    "push_secret_for",
+    "scope_devices",
+    "target_etag",
+]

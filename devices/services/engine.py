@@ -204,6 +204,37 @@ def action_create(
     return action
 
 
+def action_record(
+    *,
+    actor,
+    kind: str,
+    fleet: Fleet | None,
+    summary: str,
+    organization=None,
+    device: Device | None = None,
+    params: dict | None = None,
+) -> DeviceAction:
+    """Audit an action that is carried out in the request itself (a rename, a transfer, a member
+    change): recorded as done, with no deliveries. Call it inside the change's transaction."""
+    now = timezone.now()
+    return DeviceAction.objects.create(
+        organization=organization or fleet.organization,
+        fleet=fleet,
+        fleet_name=fleet.name if fleet else "",
+        device=device,
+        actor=actor,
+        actor_name=actor.get_username(),
+        kind=kind,
+        scope=ActionScope.DEVICE if device else ActionScope.FLEET,
+        params=params or {},
+        summary=summary[:300],
+        state=ActionState.DONE,
+        created_at=now,
+        started_at=now,
+        finished_at=now,
+    )
+
+
 def _enqueue_expand(action_id: int) -> None:
     from devices.tasks import expand_action
 

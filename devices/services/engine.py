@@ -504,8 +504,11 @@ async def _push_one(session, kind: str, params: dict, action_id: int, target: di
     url = target["api_address"].rstrip("/") + path
     try:
         async with session.post(url, data=body, headers=headers) as response:
-            if response.status in (200, 202):
+            if response.status == 202:
                 return PushResult(device_id, DeliveryState.SENT)
+            if response.status == 200:  # a repeated key: the agent did not act again
+                known = await _duplicate_result(response, device_id)
+                return known or PushResult(device_id, DeliveryState.SENT)
             detail = await _error_detail(response)
             if response.status == 409:
                 return PushResult(device_id, DeliveryState.BLOCKED, detail or "Blocked by the update lock")
@@ -518,6 +521,16 @@ async def _push_one(session, kind: str, params: dict, action_id: int, target: di
         )
     except aiohttp.ClientError as error:
         return PushResult(device_id, DeliveryState.FAILED, f"Unreachable: {error.__class__.__name__}")
+
+
+async def _duplicate_result(response, device_id: int) -> PushResult | None:
+    """The outcome an agent remembers for a delivery it already carried out, if it says."""
+    try:
+        result = (await response.json(content_type=None)).get("result") or {}
+    except (ValueError, aiohttp.ClientError, AttributeError):
+        return None
+    state = RESULT_STATES.get(result.get("state")) if isinstance(result, dict) else None
+    return PushResult(device_id, state, str(result.get("reason", ""))[:300]) if state else None
 
 
 async def _error_detail(response) -> str:

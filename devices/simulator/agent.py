@@ -371,6 +371,7 @@ class Agent:
     async def post_result(self, key: str, state: str, reason: str) -> bool:
         """POST the action's result, retrying with backoff while the server is unreachable."""
         dev, metrics = self.device, self.sim.metrics
+        dev.remember_result(key, state, reason)
         body = {"key": key, "state": state, "reason": reason}
         for attempt in range(RESULT_ATTEMPTS):
             if dev.orphaned:
@@ -403,6 +404,9 @@ class Agent:
         dev, metrics = self.device, self.sim.metrics
         if key in dev.accepted_keys:
             metrics.count("pushes_duplicate")
+            known = dev.results.get(key)
+            if known:
+                return 200, {"duplicate": True, "result": {"state": known[0], "reason": known[1]}}
             return 200, {"duplicate": True}
         holder = dev.update_lock_holder
         if kind == "restart" and dev.update_blocked and holder is not None:

@@ -89,6 +89,8 @@ class VirtualDevice:
     data_by_fleet: dict[str, Volume] = field(default_factory=dict)
     # Ordered (insertion) so the oldest keys are forgotten first.
     accepted_keys: dict[str, float] = field(default_factory=dict)
+    # How accepted actions ended, by key: a retried delivery is told the outcome instead of acting again.
+    results: dict[str, tuple[str, str]] = field(default_factory=dict)
     actions_executed: Counter[str] = field(default_factory=Counter)
 
     # Runtime only, not persisted.
@@ -146,6 +148,11 @@ class VirtualDevice:
         self.accepted_keys[key] = time.time()
         while len(self.accepted_keys) > KEYS_REMEMBERED:
             del self.accepted_keys[next(iter(self.accepted_keys))]
+
+    def remember_result(self, key: str, state: str, reason: str) -> None:
+        self.results[key] = (state, reason)
+        while len(self.results) > KEYS_REMEMBERED:
+            del self.results[next(iter(self.results))]
 
     def recreate_containers(self, rng: random.Random) -> None:
         """Remove and recreate every container: new ids, scratch files gone, volumes untouched."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
 from .core import Simulator
@@ -77,6 +77,33 @@ class SimulatorThread:
             return self.simulator.add_device(**kwargs)
 
         return self.call(add())
+
+    def run(self, function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Call a plain method of the simulator on its loop (its state is not thread-safe)."""
+
+        async def call() -> T:
+            return function(*args, **kwargs)
+
+        return self.call(call())
+
+    # Thread-safe shortcuts to the control API, for tests.
+    def snapshot(self, uuid: str) -> dict[str, Any]:
+        return self.run(self.simulator.snapshot, uuid)
+
+    def power_on(self, uuid: str) -> bool:
+        return self.run(self.simulator.power_on, uuid)
+
+    def power_off(self, uuid: str) -> bool:
+        return self.run(self.simulator.power_off, uuid)
+
+    def lock(self, uuid: str, service: str | None = None) -> bool:
+        return self.run(self.simulator.lock, uuid, service)
+
+    def unlock(self, uuid: str) -> bool:
+        return self.run(self.simulator.unlock, uuid)
+
+    def hang(self, uuid: str, hung: bool = True) -> None:
+        self.run(self.simulator.hang, uuid, hung)
 
     def stop(self, timeout: float = 15.0) -> None:
         loop, thread = self._loop, self._thread

@@ -1,0 +1,216 @@
+"""The general actions and the engine's guarantees, end to end: a real Celery worker through Redis
+pushes to the simulated devices, which report their results to the live server."""
+
+from datetime import timedelta
+
+import pytest
+from django.utils import timezone
+
+from devices import services
+from devices.models import ActionDelivery, Device, DeviceAction
+from devices.tasks import deliver_batch
+from tests.conftest import wait_until
+from tests.factories import Personas
+
+pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
+
+
+@pytest.fixture
+def p():
+    return Personas()
+
+
+def outcome(device, state, timeout=30):
+    return wait_until(
+        lambda: ActionDelivery.objects.filter(device_id=device.pk, state=state).first(),
+        timeout=timeout,
+        message=f"{device.name} to reach {state}",
+    )
+
+
+def go_offline(simulator, device):
+    """The device loses power without telling, and the server's last report of it is old."""
+    simulator.power_off(device.uuid)
+    Device.objects.filter(pk=device.pk).update(last_seen_at=timezone.now() - timedelta(minutes=10))
+
+
+class TestRestart:
+    def test_it_recreates_every_container_and_the_page_shows_the_new_ones(self, client, p, celery_worker, provision,
+                                                                           simulator):
+        device = provision(p.fleet, services=["web", "worker"])
+        before = {s["name"]: s["container_id"] for s in simulator.snapshot(device.uuid)["services"]}
+        client.force_login(p.operator)
+        assert client.post(f"/devices/{device.uuid}/actions/restart/").status_code == 302
+
+        delivery = outcome(device, "succeeded")
+        after = {s["name"]: s["container_id"] for s in simulator.snapshot(device.uuid)["services"]}
+        assert after.keys() == before.keys()
+        assert all(after[name] != before[name] for name in before)
+        assert "recreated" in delivery.reason
+        new_id = after["web"][:12]
+        wait_until(lambda: new_id in client.get(f"/devices/{device.uuid}/").content.decode(),
+                   message="the device page to show the new container")
+
+    def test_a_service_ignoring_sigterm_is_killed_after_the_grace_period(self, client, p, celery_worker, provision,
+                                                                         simulator):
+        device = provision(p.fleet, services=[{"name": "stubborn", "ignores_sigterm": True}])
+        client.force_login(p.operator)
+        client.post(f"/devices/{device.uuid}/actions/restart/")
+        delivery = outcome(device, "succeeded")
+        assert "killed" in delivery.reason
+
+    def test_the_update_lock_blocks_it(self, client, p, celery_worker, provision, simulator):
+        device = provision(p.fleet, holds_lock=True)
+        client.force_login(p.operator)
+        client.post(f"/devices/{device.uuid}/actions/restart/")
+        delivery = outcome(device, "blocked")
+        assert "lock" in delivery.reason.lower()
+        assert simulator.snapshot(device.uuid)["actions_executed"].get("restart", 0) == 0
+
+    def test_a_fleet_wide_restart_reaches_every_online_device(self, client, p, celery_worker, provision, simulator):
+        devices = [provision(p.fleet) for _ in range(3)]
+        client.force_login(p.operator)
+        assert client.post(f"/fleets/{p.fleet.pk}/actions/restart/", {"confirm": p.fleet.name}).status_code == 302
+        action = DeviceAction.objects.get()
+        wait_until(lambda: DeviceAction.objects.get(pk=action.pk).state == "done", timeout=40, message="done")
+        action.refresh_from_db()
+        assert (action.target_count, action.succeeded_count) == (3, 3)
+        for device in devices:
+            assert simulator.snapshot(device.uuid)["actions_executed"]["restart"] == 1
+
+
+class TestPurge:
+    @pytest.mark.parametrize(("os_version", "volumes"), [("2.9.7", {"/data"}), ("2.58.3", None)])
+    def test_it_clears_persistent_storage_for_the_os_version(self, client, p, celery_worker, provision, simulator,
+                                                             os_version, volumes):
+        device = provision(p.fleet, os_version=os_version)
+        before = simulator.snapshot(device.uuid)["volumes"]
+        assert any(v["files"] for v in before)
+        if volumes:
+            assert {v["name"] for v in before} == volumes
+        client.force_login(p.operator)
+        client.post(f"/devices/{device.uuid}/actions/purge/", {"confirm": device.name})
+        outcome(device, "succeeded")
+        after = simulator.snapshot(device.uuid)["volumes"]
+        assert {v["name"] for v in after} == {v["name"] for v in before}
+        assert all(v["files"] == 0 and v["bytes"] == 0 for v in after)
+        wait_until(lambda: all(v["files"] == 0 for v in Device.objects.get(pk=device.pk).volumes),
+                   message="the purged volumes on the device page")
+
+
+class TestShutdown:
+    def test_the_device_stays_off_until_powered_on_at_the_device(self, client, p, celery_worker, provision, simulator):
+        device = provision(p.fleet)
+        client.force_login(p.operator)
+        client.post(f"/devices/{device.uuid}/actions/shutdown/", {"confirm": device.name})
+        outcome(device, "succeeded")
+        wait_until(lambda: not Device.objects.get(pk=device.pk).is_online, message="the device to be offline")
+        assert not simulator.snapshot(device.uuid)["powered"]
+
+        simulator.power_on(device.uuid)
+        wait_until(lambda: Device.objects.get(pk=device.pk).is_online, message="the device to be back")
+
+
+class TestOfflinePolicy:
+    def test_queued_actions_are_delivered_when_the_device_comes_back(self, client, p, celery_worker, provision,
+                                                                     simulator):
+        device = provision(p.fleet)
+        go_offline(simulator, device)
+        client.force_login(p.operator)
+        client.post(f"/devices/{device.uuid}/actions/reboot/", {"offline_policy": "queue", "ttl_hours": "1"})
+        outcome(device, "waiting")
+        assert simulator.snapshot(device.uuid)["actions_executed"].get("reboot", 0) == 0
+
+        simulator.power_on(device.uuid)
+        outcome(device, "succeeded", timeout=40)
+        assert simulator.snapshot(device.uuid)["actions_executed"]["reboot"] == 1
+
+    def test_queued_actions_expire_after_their_time_limit(self, client, p, celery_worker, provision, simulator):
+        device = provision(p.fleet)
+        go_offline(simulator, device)
+        client.force_login(p.operator)
+        client.post(f"/devices/{device.uuid}/actions/reboot/", {"offline_policy": "queue", "ttl_hours": "1"})
+        delivery = outcome(device, "waiting")
+
+        stats = services.actions_sweep(now=timezone.now() + timedelta(hours=1, minutes=1))
+        assert stats["expired"] == 1
+        delivery.refresh_from_db()
+        assert delivery.state == "expired"
+
+        simulator.power_on(device.uuid)  # back too late: nothing is sent
+        wait_until(lambda: Device.objects.get(pk=device.pk).is_online, message="the device to be back")
+        assert simulator.snapshot(device.uuid)["actions_executed"].get("reboot", 0) == 0
+
+
+class TestIdempotency:
+    def test_a_duplicated_delivery_reboots_once(self, client, p, celery_worker, provision, simulator):
+        """A worker that dies after pushing but before recording leaves the row "sending"; the
+        redelivered batch pushes again with the same key, and the agent acts once."""
+        device = provision(p.fleet)
+        client.force_login(p.operator)
+        client.post(f"/devices/{device.uuid}/actions/reboot/")
+        delivery = outcome(device, "succeeded")
+
+        ActionDelivery.objects.filter(pk=delivery.pk).update(state="sending")  # as if never recorded
+        DeviceAction.objects.filter(pk=delivery.action_id).update(succeeded_count=0, sending_count=1, state="dispatching")
+        deliver_batch.delay(delivery.action_id, device.pk, device.pk)
+
+        wait_until(lambda: ActionDelivery.objects.get(pk=delivery.pk).attempts == 2, message="the second push")
+        delivery = outcome(device, "succeeded")
+        assert simulator.snapshot(device.uuid)["actions_executed"]["reboot"] == 1
+
+
+class TestCancel:
+    def test_cancel_stops_what_has_not_been_sent(self, client, p, celery_worker, provision, simulator):
+        online = provision(p.fleet)
+        offline = provision(p.fleet)
+        go_offline(simulator, offline)
+        client.force_login(p.operator)
+        client.post(f"/fleets/{p.fleet.pk}/actions/reboot/", {"offline_policy": "queue", "ttl_hours": "6"})
+        action = DeviceAction.objects.get()
+        outcome(offline, "waiting")
+        outcome(online, "succeeded")
+
+        response = client.post(f"/fleets/{p.fleet.pk}/activity/{action.pk}/cancel/")
+        assert response.status_code == 302
+        assert ActionDelivery.objects.get(device_id=offline.pk).state == "cancelled"
+        action.refresh_from_db()
+        assert (action.state, action.cancelled_count, action.succeeded_count, action.waiting_count) == (
+            "cancelled", 1, 1, 0)
+        simulator.power_on(offline.uuid)
+        wait_until(lambda: Device.objects.get(pk=offline.pk).is_online, message="the device to be back")
+        assert simulator.snapshot(offline.uuid)["actions_executed"].get("reboot", 0) == 0
+
+    def test_an_action_cancelled_before_dispatch_sends_nothing(self, client, p, provision, simulator, celery_worker):
+        device = provision(p.fleet)
+        celery_worker.stop()
+        client.force_login(p.operator)
+        client.post(f"/devices/{device.uuid}/actions/reboot/")
+        action = DeviceAction.objects.get()
+        client.post(f"/fleets/{p.fleet.pk}/activity/{action.pk}/cancel/")
+        celery_worker.start()
+        celery_worker.wait_for("expand_action", timeout=20)
+        assert not ActionDelivery.objects.exists()
+        assert DeviceAction.objects.get().state == "cancelled"
+
+    def test_observers_cannot_cancel(self, client, p):
+        action = services.action_record(actor=p.operator, kind="reboot", fleet=p.fleet, summary="x")
+        DeviceAction.objects.filter(pk=action.pk).update(state="dispatching")
+        client.force_login(p.observer)
+        assert client.post(f"/fleets/{p.fleet.pk}/activity/{action.pk}/cancel/").status_code == 403
+        assert DeviceAction.objects.get().state == "dispatching"
+
+
+@pytest.mark.parametrize("kind", ["restart", "purge", "reboot", "shutdown", "public_url_on", "public_url_off"])
+def test_every_general_action_is_refused_to_observers_and_developers(client, p, kind):
+    from tests.factories import make_device
+
+    device = make_device(p.fleet)
+    for user in (p.observer, p.developer):
+        client.force_login(user)
+        assert client.post(f"/devices/{device.uuid}/actions/{kind}/", {"confirm": device.name}).status_code == 403
+        assert client.post(f"/fleets/{p.fleet.pk}/actions/{kind}/",
+                           {"ids": [device.pk], "confirm": "1"}).status_code == 403
+    client.force_login(p.outsider)
+    assert client.post(f"/devices/{device.uuid}/actions/{kind}/").status_code == 404
+    assert not DeviceAction.objects.exists()

@@ -386,7 +386,8 @@ def test_a_repeated_idempotency_key_is_answered_duplicate_and_restarts_only_once
                 (202, {"accepted": True}),
             ]
             await wait_for(lambda: server.results_of(device.uuid), what="the result")
-            assert await action(session, sim, device, "restart", "42-7") == (200, {"duplicate": True})
+            status, body = await action(session, sim, device, "restart", "42-7")
+            assert (status, body["duplicate"], body["result"]["state"]) == (200, True, "succeeded")
             await asyncio.sleep(0.1)
             assert device.actions_executed == {"restart": 1}
             assert [r["key"] for r in server.results_of(device.uuid)] == ["42-7"]

@@ -6,17 +6,30 @@ from django import forms
 from django.db.models import Q, QuerySet
 from django.http import QueryDict
 
-from devices.models import Device, DeviceStatus, DeviceType
+from devices.models import (
+    ActionKind,
+    ActionScope,
+    ActionState,
+    Device,
+    DeviceAction,
+    DeviceStatus,
+    DeviceType,
+)
 from devices.selectors import status_q
 from devices.versions import is_version, version_key
 
 YES_NO = [("yes", "Yes"), ("no", "No")]
 
 
-class DeviceFilterForm(forms.Form):
+class PlainLabelsForm(forms.Form):
+    """Filter bars show "Status", not "Status:"."""
+
     def __init__(self, *args, **kwargs):
         kwargs.setdefault("label_suffix", "")
         super().__init__(*args, **kwargs)
+
+
+class DeviceFilterForm(PlainLabelsForm):
     def _clean_version(self, field: str) -> str:
         value = (self.cleaned_data.get(field) or "").strip()
         if value and not is_version(value):
@@ -92,3 +105,21 @@ def filtered_devices(queryset: QuerySet[Device], query: str | QueryDict) -> tupl
         errors = "; ".join(f"{field}: {' '.join(msgs)}" for field, msgs in device_filter.errors.items())
         raise ValueError(errors)
     return device_filter.qs, device_filter
+
+
+class ActionFilter(django_filters.FilterSet):
+    """The Activity tab's filters over the audit log."""
+
+    kind = django_filters.ChoiceFilter(choices=ActionKind.choices, label="Action", empty_label="Any")
+    state = django_filters.ChoiceFilter(choices=ActionState.choices, label="State", empty_label="Any")
+    scope = django_filters.ChoiceFilter(choices=ActionScope.choices, label="Scope", empty_label="Any")
+    actor = django_filters.CharFilter(field_name="actor_name", lookup_expr="icontains", label="Who")
+    since = django_filters.DateFilter(field_name="created_at", lookup_expr="date__gte", label="From",
+                                      widget=forms.DateInput(attrs={"type": "date"}))
+    until = django_filters.DateFilter(field_name="created_at", lookup_expr="date__lte", label="To",
+                                      widget=forms.DateInput(attrs={"type": "date"}))
+
+    class Meta:
+        model = DeviceAction
+        fields = []
+        form = PlainLabelsForm

@@ -13,6 +13,7 @@ from django.views.decorators.http import require_POST
 from django_htmx.http import HttpResponseClientRedirect
 
 from devices import services
+from devices.exports import OUTCOMES_CSV_HEADER, csv_response, outcome_csv_rows
 from devices.filters import DeviceFilter, filtered_devices
 from devices.models import (
     OPEN_DELIVERY_STATES,
@@ -249,6 +250,8 @@ def action_detail(request, fleet_id, action_id):
     outcomes = ActionDelivery.objects.filter(action=action)
     if state in DeliveryState.values:
         outcomes = outcomes.filter(state=state)
+    if request.GET.get("format") == "csv":
+        return csv_response(f"action-{action.pk}-outcomes.csv", OUTCOMES_CSV_HEADER, outcome_csv_rows(outcomes))
     page = keyset_page(outcomes, OUTCOME_SORT, request.GET.get("after"), OUTCOME_PAGE_SIZE)
     context = {
         "fleet": fleet,

@@ -3,9 +3,10 @@ from django.db.models import Count
 from django.shortcuts import render
 from django.urls import reverse
 
-from devices.filters import DeviceFilter
+from devices.exports import ACTIVITY_CSV_HEADER, activity_csv_rows, csv_response
+from devices.filters import ActionFilter, DeviceFilter
 from devices.models import ActionScope, DeviceAction
-from devices.selectors import DEVICE_SORTS, fleet_counts, keyset_page
+from devices.selectors import DEVICE_SORTS, Sort, fleet_counts, keyset_page
 from devices.services import ACTIONS
 from devices.views import DEVICE_PAGE_SIZE
 from fleets.models import FleetMembership
@@ -86,19 +87,29 @@ def fleet_members(request, fleet_id):
     return render(request, "fleets/members.html", context)
 
 
+ACTIVITY_SORT = Sort("-created", "Newest first", ("created_at", "id"), descending=True)
+ACTIVITY_PAGE_SIZE = 50
+
+
 @login_required
 def fleet_activity(request, fleet_id):
+    """The fleet's audit log: who did what, when, to which devices, with outcome counts; CSV too."""
     fleet = fleet_for_user(request.user, fleet_id)
-    actions = DeviceAction.objects.filter(fleet=fleet).select_related("device")
-    kind = request.GET.get("kind")
-    if kind:
-        actions = actions.filter(kind=kind)
+    action_filter = ActionFilter(request.GET, queryset=DeviceAction.objects.filter(fleet=fleet).select_related("device"))
+    actions = action_filter.qs if action_filter.is_valid() else DeviceAction.objects.none()
+    if request.GET.get("format") == "csv":
+        return csv_response(f"{fleet.name}-activity.csv", ACTIVITY_CSV_HEADER, activity_csv_rows(actions))
+    page = keyset_page(actions, ACTIVITY_SORT, request.GET.get("after"), ACTIVITY_PAGE_SIZE)
+    params = request.GET.copy()
+    params.pop("after", None)
     context = {
         "fleet": fleet,
         "access": fleet.access,
         "tabs": _tabs(fleet, "activity"),
-        "actions": actions[:100],
-        "kind": kind,
+        "filter": action_filter,
+        "page": page,
+        "querystring": params.urlencode(),
     }
+    if request.htmx and request.htmx.target == "activity-table":
+        return render(request, "fleets/activity.html#activity-table", context)
     return render(request, "fleets/activity.html", context)
-

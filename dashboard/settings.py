@@ -189,6 +189,8 @@ AGENT_PUSH_TIMEOUT_S = env_float("AGENT_PUSH_TIMEOUT_S", 5.0)
 # A sent action whose result never arrives is failed after this long.
 ACTION_RESULT_TIMEOUT_S = env_int("ACTION_RESULT_TIMEOUT_S", 120)
 ACTION_BATCH_SIZE = env_int("ACTION_BATCH_SIZE", 500)
+# The one-time fee charged when a device is deactivated, in cents.
+DEACTIVATION_FEE_CENTS = env_int("DEACTIVATION_FEE_CENTS", 500)
 
 # Public device URLs are served at http://<uuid>.<PUBLIC_URL_DOMAIN>[:port]/.
 PUBLIC_URL_DOMAIN = env_str("PUBLIC_URL_DOMAIN", "devices.localhost")

@@ -21,6 +21,11 @@ def deliver_waiting(device_id: int) -> None:
 
 
 @shared_task
+def nudge_devices(device_ids: list[int]) -> int:
+    return services.devices_nudge(device_ids)
+
+
+@shared_task
 def sweep_actions() -> dict:
     return services.actions_sweep()
 

@@ -9,6 +9,8 @@ from django.db.models import QuerySet
 from django.http import Http404, HttpResponseBadRequest
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
+from django.utils import timezone
+from django.utils.module_loading import import_string
 from django.views.decorators.http import require_POST
 from django_htmx.http import HttpResponseClientRedirect
 
@@ -60,21 +62,42 @@ def device_detail(request, uuid):
     return render(request, "devices/detail.html", context)
 
 
+def _device_menu(device: Device) -> list[services.ActionSpec]:
+    """The kinds a device's Actions menu offers; of each on/off pair only the one that changes something."""
+    Kind = services.ActionKind
+    hidden = {
+        Kind.PUBLIC_URL_ON if device.public_url_enabled else Kind.PUBLIC_URL_OFF,
+        Kind.LOCAL_MODE_ON if device.local_mode else Kind.LOCAL_MODE_OFF,
+    }
+    if not (device.support_access_until and device.support_access_until > timezone.now()):
+        hidden.add(Kind.SUPPORT_REVOKE)
+    return [s for s in services.ACTIONS.values() if ActionScope.DEVICE in s.scopes and s.kind not in hidden]
+
+
+def _unavailable(spec: services.ActionSpec, device: Device) -> str | None:
+    """Why this device cannot take the action now (shown instead of a button that does nothing)."""
+    if spec.requires_agent_api and not device.has_agent_api:
+        return f"Agent {device.agent_version} has no action API: needs 1.1.0 or newer"
+    if not device.is_active and not spec.applies_to_deactivated:
+        return "The device is deactivated"
+    return spec.check(device) if spec.check else None
+
+
 def _device_context(device: Device) -> dict:
     deliveries = (
         ActionDelivery.objects.filter(device_id=device.pk)
         .select_related("action")
         .order_by("-action__created_at", "-action_id")[:10]
     )
-    specs = services.ACTIONS.values()
+    menu = [(spec, _unavailable(spec, device)) for spec in _device_menu(device)]
     return {
         "device": device,
         "fleet": device.fleet,
         "access": device.access,
         "deliveries": deliveries,
         "has_open_delivery": any(d.state in OPEN_DELIVERY_STATES for d in deliveries),
-        "general_actions": [s for s in specs if not s.danger and s.needs_agent_api],
-        "dangerous_actions": [s for s in specs if s.danger],
+        "general_actions": [(spec, why) for spec, why in menu if not spec.danger],
+        "dangerous_actions": [(spec, why) for spec, why in menu if spec.danger],
     }
 
 
@@ -98,6 +121,12 @@ class Target:
         if self.scope == ActionScope.FLEET:
             return self.fleet.name
         return str(preview.selected)
+
+    @property
+    def scope_label(self) -> str:
+        return {ActionScope.DEVICE: "one device", ActionScope.FLEET: "the whole fleet"}.get(
+            self.scope, "a selection of devices"
+        )
 
     def what(self, preview: services.Preview) -> str:
         if self.scope == ActionScope.DEVICE:
@@ -176,17 +205,37 @@ def _refuse(request, fleet, message: str):
     return render(request, "devices/action_refused.html", {"message": message, "fleet": fleet}, status=400)
 
 
+def _params_form(request, spec: services.ActionSpec, target: Target):
+    """The kind's parameters form, bound to what the user chose (a POST, or a GET refreshing the preview)."""
+    if not spec.form:
+        return None
+    form_class = import_string(spec.form)
+    data = request.POST if request.method == "POST" else request.GET
+    bound = request.method == "POST" or any(name in data for name in form_class.base_fields)
+    return form_class(data if bound else None, user=request.user, fleet=target.fleet, devices=target.devices)
+
+
 def _confirm_or_dispatch(request, spec: services.ActionSpec, target: Target):
-    policy = request.POST.get("offline_policy", OfflinePolicy.ONLINE_ONLY)
+    """GET: the confirmation step (preview, parameters, offline policy, typed confirmation).
+    POST: check it all again and record the action."""
+    if target.scope not in spec.scopes:
+        return _refuse(request, target.fleet, f"{spec.label} cannot be applied to {target.scope_label}.")
+    refusal = spec.check(target.device) if spec.check and target.device else None
+    data = request.POST if request.method == "POST" else request.GET
+    policy = data.get("offline_policy", OfflinePolicy.ONLINE_ONLY)
     if policy not in OfflinePolicy.values:
         return HttpResponseBadRequest("Unknown offline policy.")
-    preview = services.action_preview(kind=spec.kind, devices=target.devices, offline_policy=policy)
+    form = _params_form(request, spec, target)
+    params = form.params() if form is not None and form.is_valid() else {}
+    preview = services.action_preview(kind=spec.kind, devices=target.devices, offline_policy=policy, params=params)
     confirm_text = target.confirm_text(preview) if target.scope in spec.typed_confirmation else ""
     context = {
         "spec": spec,
         "target": target,
         "fleet": target.fleet,
         "device": target.device,
+        "form": form,
+        "refusal": refusal,
         "preview": preview,
         "what": target.what(preview),
         "confirm_text": confirm_text,
@@ -199,11 +248,13 @@ def _confirm_or_dispatch(request, spec: services.ActionSpec, target: Target):
         template = "devices/action_confirm.html#dialog" if request.htmx else "devices/action_confirm.html"
         return render(request, template, context)
 
-    error = None
-    if confirm_text and request.POST.get("confirm", "").strip() != confirm_text:
+    error = refusal
+    if not error and form is not None and not form.is_valid():
+        error = "Check the choices above."
+    if not error and confirm_text and request.POST.get("confirm", "").strip() != confirm_text:
         error = f"Type {confirm_text} exactly to confirm."
     ttl = None
-    if policy == OfflinePolicy.QUEUE:
+    if not error and policy == OfflinePolicy.QUEUE:
         try:
             ttl = timedelta(hours=int(request.POST.get("ttl_hours", "")))
         except ValueError:
@@ -211,7 +262,7 @@ def _confirm_or_dispatch(request, spec: services.ActionSpec, target: Target):
         else:
             if not timedelta(hours=1) <= ttl <= timedelta(days=7):
                 error = "Keep it between 1 hour and 7 days."
-    if not preview.possible:
+    if not error and not preview.possible:
         error = "None of the selected devices can receive this action."
     if error:
         context["error"] = error
@@ -225,13 +276,16 @@ def _confirm_or_dispatch(request, spec: services.ActionSpec, target: Target):
             scope=target.scope,
             device=target.device,
             selection=target.selection,
-            offline_policy=policy,
+            params=params,
+            offline_policy=policy if spec.needs_agent_api else OfflinePolicy.ONLINE_ONLY,
             ttl=ttl,
         )
     verb = "sent to" if spec.needs_agent_api else "applied to"
     messages.success(request, f"{spec.label}: {verb} {target.what(preview)}.")
-    if target.scope == ActionScope.DEVICE:
+    if target.scope == ActionScope.DEVICE and spec.kind != services.ActionKind.DELETE:
         url = reverse("devices:detail", args=[target.device.uuid])
+    elif target.scope == ActionScope.DEVICE:
+        url = reverse("fleets:detail", args=[target.fleet.pk])
     else:
         url = reverse("fleets:action", args=[target.fleet.pk, action.pk])
     return HttpResponseClientRedirect(url) if request.htmx else redirect(url)

@@ -50,7 +50,11 @@ def fleet_detail(request, fleet_id):
         "sort": sort,
         "sorts": DEVICE_SORTS.values(),
         "counts": fleet_counts(fleet.pk),
-        "actions": [spec for spec in ACTIONS.values() if fleet.access.allows(spec.role_for(ActionScope.SELECTION))],
+        "actions": [
+            spec
+            for spec in ACTIONS.values()
+            if ActionScope.SELECTION in spec.scopes and fleet.access.allows(spec.role_for(ActionScope.SELECTION))
+        ],
         "querystring": _filter_querystring(request.GET),
     }
     if request.htmx and request.htmx.target == "device-table":
@@ -73,7 +77,11 @@ def fleet_actions(request, fleet_id):
         "fleet": fleet,
         "access": fleet.access,
         "tabs": _tabs(fleet, "actions"),
-        "actions": [(spec, fleet.access.allows(spec.role_for(ActionScope.FLEET))) for spec in ACTIONS.values()],
+        "actions": [
+            (spec, fleet.access.allows(spec.role_for(ActionScope.FLEET)))
+            for spec in ACTIONS.values()
+            if ActionScope.FLEET in spec.scopes
+        ],
         "counts": fleet_counts(fleet.pk),
     }
     return render(request, "fleets/actions.html", context)

@@ -6,6 +6,7 @@
 """
 
 from devices.keys import push_secret_for
+from devices.models import ActionKind
 from devices.services.agent import (
     AgentError,
     device_for_api_key,
@@ -26,17 +27,20 @@ from devices.services.engine import (
     action_record,
     action_record_result,
     actions_sweep,
+    devices_nudge,
     scope_devices,
 )
-from devices.services.specs import ACTIONS, ALL_SCOPES, PUSH_KINDS, ActionError, ActionSpec
+from devices.services.specs import ACTIONS, ALL_SCOPES, PUSH_KINDS, ActionError, ActionSpec, Rule
 
 __all__ = [
     "ACTIONS",
+    "ActionKind",
     "ALL_SCOPES",
     "PUSH_KINDS",
     "RESULT_STATES",
     "ActionError",
     "ActionSpec",
+    "Rule",
     "AgentError",
     "Preview",
     "action_cancel",
@@ -49,6 +53,7 @@ __all__ = [
     "action_record_result",
     "actions_sweep",
     "device_for_api_key",
+    "devices_nudge",
     "device_register",
     "device_report_state",
     "device_target_state",

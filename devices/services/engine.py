@@ -22,8 +22,7 @@ from datetime import timedelta
 import aiohttp
 from django.conf import settings
 from django.db import connection, transaction
-from django.db.models import Case, CharField, Count, DateTimeField, F, IntegerField, Q, QuerySet, Value, When
-from django.db.models.functions import Concat
+from django.db.models import Case, CharField, Count, DateTimeField, F, IntegerField, QuerySet, Value, When
 from django.utils import timezone
 
 from devices.filters import filtered_devices
@@ -31,6 +30,7 @@ from devices.keys import push_secret_for, sign_push
 from devices.models import (
     FINAL_DELIVERY_STATES,
     ActionDelivery,
+    ActionKind,
     ActionScope,
     ActionState,
     DeliveryState,
@@ -41,46 +41,17 @@ from devices.models import (
 )
 from devices.selectors import online_q
 from devices.services.agent import AgentError
-from devices.services.specs import ACTIONS, ActionError
+from devices.services.specs import ACTIONS, PUSH_KINDS, ActionError, ActionSpec, Rule
 from devices.versions import AGENT_API_MIN
 from fleets.models import Fleet
 
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class Rule:
-    """Devices matching `when` get `state` with `reason` instead of being sent the action."""
-
-    when: Q
-    state: DeliveryState
-    reason: object  # an expression, so the reason can quote the device's own versions
-    label: str  # for the preview: "12 skipped: <label>"
-
-
-def _default_outcome(kind: str) -> tuple[DeliveryState, str]:
-    """What a device that no rule skips gets: pushed later (pending), or a setting applied now."""
-    spec = ACTIONS[kind]
-    return (
-        (DeliveryState.PENDING, "") if spec.needs_agent_api else (DeliveryState.SUCCEEDED, spec.done_reason)
-    )
-
-
-def _rules(kind: str, offline_policy: str, now) -> list[Rule]:
-    rules = [
-        Rule(Q(is_active=False), DeliveryState.UNSUPPORTED, Value("Device is deactivated"), "deactivated")
-    ]
-    if ACTIONS[kind].needs_agent_api:
-        rules.append(
-            Rule(
-                Q(agent_version_key__lt=AGENT_API_MIN),
-                DeliveryState.UNSUPPORTED,
-                Concat(
-                    Value("Agent "), F("agent_version"), Value(" has no action API (1.1.0 or newer needed)")
-                ),
-                "agent older than 1.1.0",
-            )
-        )
+def _rules(spec: ActionSpec, params: dict, offline_policy: str, now) -> list[Rule]:
+    """The order in which devices are skipped: the kind's own rules, then being offline."""
+    rules = spec.skip_rules(params)
+    if spec.needs_agent_api:
         if offline_policy == OfflinePolicy.QUEUE:
             rules.append(
                 Rule(
@@ -121,10 +92,14 @@ class Preview:
 
 
 def action_preview(
-    *, kind: str, devices: QuerySet[Device], offline_policy: str = OfflinePolicy.ONLINE_ONLY
+    *,
+    kind: str,
+    devices: QuerySet[Device],
+    offline_policy: str = OfflinePolicy.ONLINE_ONLY,
+    params: dict | None = None,
 ) -> Preview:
     """How many devices an action would reach, and which are skipped and why: one aggregate query."""
-    rules = _rules(kind, offline_policy, timezone.now())
+    rules = _rules(ACTIONS[kind], params or {}, offline_policy, timezone.now())
     rule_index = Case(
         *(When(rule.when, then=Value(i)) for i, rule in enumerate(rules)),
         default=Value(-1),
@@ -177,8 +152,11 @@ def action_create(
     ttl: timedelta | None = None,
 ) -> DeviceAction:
     """Record an action and enqueue its dispatch after commit. The caller has checked the actor's role."""
-    if kind not in ACTIONS:
+    spec = ACTIONS.get(kind)
+    if spec is None:
         raise ActionError(f"Unknown action {kind!r}.")
+    if scope not in spec.scopes:
+        raise ActionError(f"{spec.label} cannot be applied to {ActionScope(scope).label.lower()}.")
     if offline_policy == OfflinePolicy.QUEUE and not ttl:
         raise ActionError("Queued delivery needs a time limit.")
     now = timezone.now()
@@ -197,7 +175,7 @@ def action_create(
         deliver_until=now + ttl if offline_policy == OfflinePolicy.QUEUE else None,
         created_at=now,
     )
-    if scope == ActionScope.DEVICE and not ACTIONS[kind].needs_agent_api:
+    if scope == ActionScope.DEVICE and not spec.needs_agent_api:
         action_expand(action.pk)  # one device, one setting: apply it now, the page shows it at once
     else:
         transaction.on_commit(lambda: _enqueue_expand(action.pk))
@@ -303,7 +281,9 @@ def action_expand(action_id: int) -> None:
         .first()
         or 0
     )
-    rules = _rules(action.kind, action.offline_policy, action.created_at)
+    spec = ACTIONS[action.kind]
+    rules = _rules(spec, action.params, action.offline_policy, action.created_at)
+    default_state, _ = spec.default_outcome(action.params)
     while True:
         bound = next(
             iter(devices.filter(pk__gt=last).values_list("pk", flat=True)[EXPAND_CHUNK - 1 : EXPAND_CHUNK]),
@@ -318,10 +298,21 @@ def action_expand(action_id: int) -> None:
             ):
                 return  # cancelled while expanding
             _insert_deliveries(action, chunk, rules)
-            changes = ACTIONS[action.kind].sets
-            if changes:
-                chunk.filter(is_active=True).update(**changes)
+            applied = _applied_devices(action, default_state, last, bound)
+            if not spec.needs_agent_api:
+                changes = spec.changes(action.params, action.created_at)
+                if changes:
+                    applied.update(**changes)
+                if spec.after:
+                    spec.after(action, applied)
             pending_ids = _count_chunk(action_id, last, bound)
+            if spec.nudge:
+                nudge_ids = list(
+                    applied.filter(online_q(), agent_version_key__gte=AGENT_API_MIN).values_list(
+                        "pk", flat=True
+                    )
+                )
+                transaction.on_commit(lambda ids=nudge_ids: _enqueue_nudges(ids))
         _enqueue_batches(action_id, pending_ids)
         if bound is None:
             break
@@ -332,9 +323,25 @@ def action_expand(action_id: int) -> None:
     _finish_if_settled(action_id)
 
 
+def _applied_devices(action: DeviceAction, state: str, after: int, upto: int | None) -> QuerySet[Device]:
+    """The chunk's devices no rule skipped: those the action's change applies to."""
+    rows = ActionDelivery.objects.filter(action_id=action.pk, state=state, device_id__gt=after)
+    if upto is not None:
+        rows = rows.filter(device_id__lte=upto)
+    return Device.objects.filter(pk__in=rows.values("device_id"))
+
+
+def _enqueue_nudges(device_ids: list[int]) -> None:
+    from devices.tasks import nudge_devices
+
+    size = settings.ACTION_BATCH_SIZE
+    for start in range(0, len(device_ids), size):
+        nudge_devices.delay(device_ids[start : start + size])
+
+
 def _insert_deliveries(action: DeviceAction, devices: QuerySet[Device], rules: list[Rule]) -> int:
     """INSERT ... SELECT: every delivery row built by the database, classified by `rules`."""
-    default_state, default_reason = _default_outcome(action.kind)
+    default_state, default_reason = ACTIONS[action.kind].default_outcome(action.params)
     state = Case(
         *(When(rule.when, then=Value(rule.state.value)) for rule in rules),
         default=Value(default_state.value),
@@ -523,6 +530,38 @@ async def _push_one(session, kind: str, params: dict, action_id: int, target: di
         return PushResult(device_id, DeliveryState.FAILED, f"Unreachable: {error.__class__.__name__}")
 
 
+def devices_nudge(device_ids: list[int]) -> int:
+    """Ask agents to poll their target state now (a setting changed); best effort, not recorded."""
+    targets = list(
+        Device.objects.filter(pk__in=device_ids, agent_version_key__gte=AGENT_API_MIN)
+        .exclude(api_address="")
+        .values("uuid", "api_address")
+    )
+    return sum(asyncio.run(_nudge_all(targets)))
+
+
+async def _nudge_all(targets: list[dict]) -> list[bool]:
+    timeout = aiohttp.ClientTimeout(total=settings.AGENT_PUSH_TIMEOUT_S)
+    connector = aiohttp.TCPConnector(limit=200, force_close=True)
+    async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
+        return await asyncio.gather(*(_nudge_one(session, t) for t in targets))
+
+
+async def _nudge_one(session, target: dict) -> bool:
+    path, body, timestamp = "/v1/update", b"", int(time.time())
+    headers = {
+        "X-Fleet-Timestamp": str(timestamp),
+        "X-Fleet-Signature": sign_push(push_secret_for(target["uuid"]), timestamp, "POST", path, body),
+    }
+    try:
+        async with session.post(
+            target["api_address"].rstrip("/") + path, data=body, headers=headers
+        ) as response:
+            return response.status == 202
+    except (TimeoutError, aiohttp.ClientError):
+        return False
+
+
 async def _duplicate_result(response, device_id: int) -> PushResult | None:
     """The outcome an agent remembers for a delivery it already carried out, if it says."""
     try:
@@ -572,6 +611,18 @@ def action_record_result(*, device: Device, key: str, state: str, reason: str = 
 
 
 @transaction.atomic
+def action_record_update_done(device: Device, reason: str) -> None:
+    """A tracked OS update reached the device: every open delivery of it succeeds."""
+    open_updates = ActionDelivery.objects.filter(
+        device_id=device.pk, state=DeliveryState.SENT, action__kind=ActionKind.OS_UPDATE
+    )
+    for action_id in open_updates.values_list("action_id", flat=True):
+        rows = ActionDelivery.objects.filter(action_id=action_id, device_id=device.pk)
+        _transition(action_id, rows, [DeliveryState.SENT], DeliveryState.SUCCEEDED, reason=reason)
+        _finish_if_settled(action_id)
+
+
+@transaction.atomic
 def action_cancel(*, action: DeviceAction) -> int:
     """Cancel what has not been sent yet; what is already on its way still reports its outcome."""
     if not action.is_open:
@@ -579,6 +630,21 @@ def action_cancel(*, action: DeviceAction) -> int:
     now = timezone.now()
     DeviceAction.objects.filter(pk=action.pk).update(state=ActionState.CANCELLED, finished_at=now)
     rows = ActionDelivery.objects.filter(action_id=action.pk)
+    # A tracked setting (an OS update not yet done) is withdrawn from the target state too.
+    if ACTIONS[action.kind].tracked:
+        waiting = Device.objects.filter(
+            pk__in=rows.filter(state=DeliveryState.SENT).values("device_id"),
+            target_os_version=action.params.get("version"),
+        )
+        waiting.update(target_os_version="")
+        _transition(
+            action.pk,
+            rows,
+            [DeliveryState.SENT],
+            DeliveryState.CANCELLED,
+            reason="Cancelled before the device applied it",
+            now=now,
+        )
     return _transition(
         action.pk,
         rows,
@@ -607,7 +673,8 @@ def actions_sweep(now=None) -> dict:
             )
             _finish_if_settled(action_id)
     result_deadline = now - timedelta(seconds=settings.ACTION_RESULT_TIMEOUT_S)
-    for action_id in DeviceAction.objects.filter(sent_count__gt=0).values_list("pk", flat=True):
+    pushed = DeviceAction.objects.filter(sent_count__gt=0, kind__in=PUSH_KINDS)
+    for action_id in pushed.values_list("pk", flat=True):
         late = ActionDelivery.objects.filter(action_id=action_id, sent_at__lt=result_deadline)
         with transaction.atomic():
             stats["timed_out"] += _transition(

@@ -73,7 +73,7 @@ def test_a_single_device_without_action_api_is_refused_with_the_reason(client, p
     old = provision(p.fleet, agent_version="1.0.3")
     client.force_login(p.operator)
     html = client.get(f"/devices/{old.uuid}/").content.decode()
-    assert "Needs agent 1.1.0 or newer" in html
+    assert "has no action API: needs 1.1.0 or newer" in html
     response = client.post(f"/devices/{old.uuid}/actions/reboot/")
     assert response.status_code == 400
     assert "None of the selected devices can receive this action" in response.content.decode()

@@ -77,12 +77,13 @@ class EmbeddedRedis:
     def log_file(self) -> Path:
         return self.directory / "redis.log"
 
-    def start(self, timeout: float = 10.0) -> "EmbeddedRedis":
+    def start(self, timeout: float = 10.0, port: int | None = None) -> "EmbeddedRedis":
+        """Start on a free port, or on `port` (e.g. the same one again, to bring a stopped Redis back)."""
         self.directory.mkdir(parents=True, exist_ok=True)
         binary = redis_server_binary()
         # A free port can be taken between the probe and redis' bind: try a few.
         for _attempt in range(3):
-            self.port = free_port(self.host)
+            self.port = port or free_port(self.host)
             # Its own session: a Ctrl-C in the terminal reaches the supervisor, which stops Redis last.
             self.process = subprocess.Popen(
                 [binary, "--bind", self.host, "--port", str(self.port), "--save", "", "--appendonly", "no",

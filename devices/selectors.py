@@ -4,11 +4,13 @@ has already been checked (a fleet the user may see, or a queryset from devices_f
 import base64
 import json
 import time
+from contextlib import suppress
 from dataclasses import dataclass
 from datetime import datetime
 
 from django.core.cache import cache
 from django.db.models import BooleanField, Count, F, Func, Q, QuerySet, Value
+from redis.exceptions import RedisError
 
 from devices.models import GOING_DOWN, AgentStatus, DeviceStatus, online_cutoff
 
@@ -136,7 +138,7 @@ def _counts_key(fleet_id: int) -> str:
     return f"fleet-counts:{fleet_id}"
 
 
-def compute_fleet_counts(fleet_id: int) -> dict:
+def _count(fleet_id: int) -> dict:
     """Total and per-status device counts of a fleet: one aggregate query over its devices."""
     from devices.models import Device
 
@@ -144,7 +146,13 @@ def compute_fleet_counts(fleet_id: int) -> dict:
         total=Count("id"), **{status.value: Count("id", filter=status_q(status)) for status in DeviceStatus}
     )
     counts["computed_at"] = time.time()
-    cache.set(_counts_key(fleet_id), counts, COUNTS_KEEP_S)
+    return counts
+
+
+def compute_fleet_counts(fleet_id: int) -> dict:
+    counts = _count(fleet_id)
+    with suppress(RedisError):
+        cache.set(_counts_key(fleet_id), counts, COUNTS_KEEP_S)
     return counts
 
 
@@ -154,7 +162,10 @@ def fleet_counts(fleet_id: int) -> dict:
     Counts live in the cache; a stale entry is served while a worker recounts (stale while
     revalidate), so a page view never pays for COUNT over a large fleet except on a cold cache.
     """
-    counts = cache.get(_counts_key(fleet_id))
+    try:
+        counts = cache.get(_counts_key(fleet_id))
+    except RedisError:  # the cache is down: count directly rather than fail the page
+        return _count(fleet_id)
     if counts is None:
         return compute_fleet_counts(fleet_id)
     if time.time() - counts["computed_at"] > COUNTS_FRESH_S and cache.add(f"{_counts_key(fleet_id)}:lock", 1, 30):
@@ -173,9 +184,11 @@ def recount_fleet(fleet_id: int) -> None:
     try:
         compute_fleet_counts(fleet_id)
     finally:
-        cache.delete(f"{_counts_key(fleet_id)}:lock")
+        with suppress(RedisError):
+            cache.delete(f"{_counts_key(fleet_id)}:lock")
 
 
 def forget_fleet_counts(*fleet_ids: int) -> None:
     """After a change that moves devices (move, delete, transfer), counts are recomputed at once."""
-    cache.delete_many([_counts_key(fleet_id) for fleet_id in fleet_ids])
+    with suppress(RedisError):
+        cache.delete_many([_counts_key(fleet_id) for fleet_id in fleet_ids])

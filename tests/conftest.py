@@ -287,3 +287,22 @@ def provision(simulator):
         )
 
     return provision
+
+
+@pytest.fixture
+def celery_beat_factory(celery_worker, tmp_path):
+    """start(env={...}) -> a Celery beat started now, with the worker's environment plus `env`."""
+    started = []
+
+    def start(env: dict | None = None) -> CeleryProcess:
+        argv = _celery("beat", "-s", str(tmp_path / f"celerybeat-schedule-{len(started)}"), "-l", "info")
+        beat = CeleryProcess(
+            "beat", argv, celery_worker.env | (env or {}), tmp_path / f"celery-beat-{len(started)}.log",
+            ready="beat: Starting",
+        )
+        started.append(beat.start())
+        return beat
+
+    yield start
+    for beat in started:
+        beat.stop()

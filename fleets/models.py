@@ -186,4 +186,8 @@ class BillingCharge(models.Model):
         ordering = ["-created_at"]
 
     def __str__(self):
-        return f"{self.get_kind_display()} {self.amount_cents / 100:.2f}"
+        return f"{self.get_kind_display()} {self.amount}"
+
+    @property
+    def amount(self) -> str:
+        return f"{self.amount_cents / 100:,.2f}"

@@ -23,7 +23,8 @@ FLEETS = [
     ("acme", "signage", "legacy", "beaglebone-black"),
     ("acme", "edge-ai", "microservices", "jetson-nano"),
     ("globex", "sensors", "microservices", "raspberrypi3"),
-    # An empty fleet with the same name as one of Acme's: the target of an ownership transfer.
+    # An empty fleet with the same name as one of Acme's: the target of an ownership transfer. Its
+    # administrator (outsider) adds admin to it as a Developer, then admin can transfer Acme's.
     ("globex", "gateways", "essentials", "intel-nuc"),
 ]
 
@@ -65,6 +66,10 @@ class Command(BaseCommand):
         self.stdout.write(
             f"Accounts (password {password!r}): admin (Acme org administrator), operator, developer, "
             "observer (Acme fleets), outsider (Globex org administrator), support (support staff)"
+        )
+        self.stdout.write(
+            "Ownership transfer: as outsider, add admin as a Developer on the Members tab of Globex's empty "
+            "gateways fleet; then, as admin, Acme's gateways > Actions > Transfer ownership to Globex."
         )
 
     def _seed(self, password: str) -> None:

@@ -1,0 +1,282 @@
+"""Transfer fleet ownership, as in the seed: the target organization has an empty fleet with the same
+name in which the transferring org administrator is a Developer (or they administer the target
+organization). Until then the button is disabled and says exactly what is missing."""
+
+from datetime import timedelta
+
+import pytest
+from django.utils import timezone
+
+from devices.models import ActionKind, Device, DeviceAction
+from fleets import services
+from fleets.models import (
+    Fleet,
+    FleetMembership,
+    FleetRole,
+    FleetUserObjectPermission,
+    OrgMembership,
+    OrgRole,
+    Release,
+)
+from fleets.selectors import fleet_for_user
+from tests.factories import Personas, make_device, make_fleet, make_org, make_org_admin, make_user
+
+pytestmark = pytest.mark.django_db
+
+
+class World:
+    """Acme's "gateways" (the Personas fleet) with devices and a release; Globex with its own admin."""
+
+    def __init__(self):
+        self.p = Personas(fleet_type="essentials", device_type="intel-nuc")
+        Fleet.objects.filter(pk=self.p.fleet.pk).update(name="gateways")
+        self.fleet = Fleet.objects.get(pk=self.p.fleet.pk)
+        self.devices = [make_device(self.fleet, name=f"gw-{i}") for i in range(3)]
+        self.release = Release.objects.create(fleet=self.fleet, commit="f" * 40, version="5.0.0")
+        Fleet.objects.filter(pk=self.fleet.pk).update(target_release=self.release)
+        self.globex = make_org("Globex")
+        self.globex_admin = make_org_admin(self.globex)
+        self.actor = self.p.org_admin
+
+    def placeholder(self, name="gateways", **kwargs) -> Fleet:
+        return make_fleet(self.globex, name=name, fleet_type="starter", device_type="intel-nuc", **kwargs)
+
+    def add_actor_to(self, fleet, role=FleetRole.DEVELOPER):
+        # What Globex's administrator does on the Members tab of their empty fleet.
+        services.fleet_member_add(
+            actor=self.globex_admin, fleet=fleet, username=self.actor.username, role=role
+        )
+
+
+@pytest.fixture
+def w():
+    return World()
+
+
+def actions_tab(client, w) -> str:
+    client.force_login(w.actor)
+    return client.get(f"/fleets/{w.fleet.pk}/actions/").content.decode()
+
+
+def transfer(client, w, org_handle=None, confirm=None):
+    client.force_login(w.actor)
+    data = {
+        "organization": org_handle or w.globex.handle,
+        "confirm": w.fleet.name if confirm is None else confirm,
+    }
+    return client.post(f"/fleets/{w.fleet.pk}/transfer/", data)
+
+
+def assert_nothing_changed(w):
+    fleet = Fleet.objects.get(pk=w.fleet.pk)
+    assert fleet.organization_id == w.p.org.pk
+    assert Device.objects.filter(fleet=fleet).count() == 3
+    assert FleetMembership.objects.filter(fleet=fleet).count() == 4
+    assert not DeviceAction.objects.filter(kind=ActionKind.FLEET_TRANSFER).exists()
+
+
+class TestPreconditions:
+    def test_without_another_organization_the_button_says_whom_to_ask(self, client, w):
+        html = actions_tab(client, w)
+        assert 'aria-disabled="true" title="You are not a member of any other organization.' in html
+        assert (
+            f"create an empty fleet named “gateways” and to add you ({w.actor.username}) to it as a Developer."
+            in html
+        )
+        assert f'href="/fleets/{w.fleet.pk}/transfer/"' not in html
+        assert transfer(client, w).status_code == 400
+        assert_nothing_changed(w)
+
+    def test_a_target_without_a_fleet_of_that_name(self, client, w):
+        services.org_member_set(organization=w.globex, user=w.actor, role=OrgRole.MEMBER)
+        html = actions_tab(client, w)
+        assert (
+            "Globex: Globex has no fleet named “gateways”: ask an administrator of Globex to create an empty one"
+            in html
+        )
+        response = transfer(client, w)
+        assert (
+            response.status_code == 400
+            and "Globex has no fleet named “gateways”" in response.content.decode()
+        )
+        assert_nothing_changed(w)
+
+    def test_a_target_fleet_with_devices_or_releases_is_not_empty(self, client, w):
+        placeholder = w.placeholder()
+        w.add_actor_to(placeholder)
+        make_device(placeholder)
+        Release.objects.create(fleet=placeholder, commit="e" * 40, version="0.1.0")
+        html = actions_tab(client, w)
+        assert "Globex’s fleet “gateways” is not empty (it has devices and releases)" in html
+        assert transfer(client, w).status_code == 400
+        assert_nothing_changed(w)
+
+    def test_the_actor_must_be_a_member_of_the_target_fleet(self, client, w):
+        w.placeholder()
+        services.org_member_set(organization=w.globex, user=w.actor, role=OrgRole.MEMBER)
+        html = actions_tab(client, w)
+        assert (
+            f"You ({w.actor.username}) are not a member of Globex’s fleet “gateways”: ask an administrator of "
+            "Globex to add you to it as a Developer."
+        ) in html
+        assert transfer(client, w).status_code == 400
+        assert_nothing_changed(w)
+
+    def test_an_observer_of_the_target_fleet_is_not_enough(self, client, w):
+        w.add_actor_to(w.placeholder(), FleetRole.OBSERVER)
+        html = actions_tab(client, w)
+        assert "You are an Observer of Globex’s fleet “gateways”: you need the Developer role there" in html
+        assert transfer(client, w).status_code == 400
+        assert_nothing_changed(w)
+
+    def test_the_target_must_be_allowed_the_fleet_type(self, client, w):
+        w.add_actor_to(w.placeholder())
+        w.globex.billing_account_valid = False
+        w.globex.save()
+        html = actions_tab(client, w)
+        assert "Globex has no valid billing account, which Essentials fleets need." in html
+        assert transfer(client, w).status_code == 400
+        assert_nothing_changed(w)
+
+    def test_a_developer_of_the_empty_fleet_may_transfer(self, client, w):
+        w.add_actor_to(w.placeholder())
+        html = actions_tab(client, w)
+        assert f'hx-get="/fleets/{w.fleet.pk}/transfer/"' in html
+        dialog = client.get(f"/fleets/{w.fleet.pk}/transfer/", HTTP_HX_REQUEST="true").content.decode()
+        assert "Ready: has an empty fleet named “gateways”; you are its Developer." in dialog
+        assert 'data-confirm-text="gateways"' in dialog
+
+    def test_an_administrator_of_the_target_organization_needs_no_fleet_membership(self, client, w):
+        w.placeholder(name="GATEWAYS")  # names match whatever the case, as their uniqueness does
+        services.org_member_set(organization=w.globex, user=w.actor, role=OrgRole.ADMINISTRATOR)
+        assert f'hx-get="/fleets/{w.fleet.pk}/transfer/"' in actions_tab(client, w)
+        assert transfer(client, w).status_code == 302
+
+    def test_fleet_administrators_who_are_not_org_administrators_may_not(self, client, w):
+        w.actor = w.p.administrator
+        w.add_actor_to(w.placeholder())
+        html = actions_tab(client, w)
+        assert f"Only administrators of {w.p.org.name} can transfer its fleets." in html
+        assert transfer(client, w).status_code == 403
+        assert_nothing_changed(w)
+
+    def test_the_fleet_name_must_be_typed(self, client, w):
+        w.add_actor_to(w.placeholder())
+        response = transfer(client, w, confirm="gateway")
+        assert (
+            response.status_code == 400 and "Type gateways exactly to confirm." in response.content.decode()
+        )
+        assert_nothing_changed(w)
+
+    def test_an_organization_the_actor_does_not_belong_to_is_refused(self, client, w):
+        w.add_actor_to(w.placeholder())
+        initech = make_org("Initech")
+        make_fleet(initech, name="gateways")
+        response = transfer(client, w, org_handle=initech.handle)
+        assert (
+            response.status_code == 400
+            and "Choose one of the organizations listed." in response.content.decode()
+        )
+        assert_nothing_changed(w)
+
+    def test_the_service_checks_again_what_the_page_checked(self, w):
+        placeholder = w.placeholder()
+        w.add_actor_to(placeholder)
+        make_device(placeholder)  # it filled up after the page was shown
+        with pytest.raises(services.ActionError, match="is not empty"):
+            services.fleet_transfer(actor=w.actor, fleet=w.fleet, organization=w.globex)
+        assert_nothing_changed(w)
+
+
+class TestAfterTheTransfer:
+    @pytest.fixture
+    def done(self, client, w):
+        self.placeholder = w.placeholder()
+        w.add_actor_to(self.placeholder)
+        # Globex's administrator had also put one of their people on the empty fleet.
+        self.globex_dev = make_user("globex-dev")
+        services.fleet_member_add(
+            actor=w.globex_admin, fleet=self.placeholder, username="globex-dev", role="operator"
+        )
+        self.before = {d.pk: Device.objects.filter(pk=d.pk).values().get() for d in w.devices}
+        self.response = transfer(client, w)
+        return w
+
+    def test_the_fleet_its_devices_and_releases_belong_to_the_target(self, done):
+        w = done
+        assert self.response.status_code == 302 and self.response.url == f"/orgs/{w.p.org.handle}/"
+        fleet = Fleet.objects.get(pk=w.fleet.pk)
+        assert (fleet.organization, fleet.name, fleet.fleet_type.slug) == (w.globex, "gateways", "essentials")
+        assert (
+            fleet.target_release_id == w.release.pk
+            and w.release.__class__.objects.get(pk=w.release.pk).fleet_id == fleet.pk
+        )
+        # Devices are untouched, row for row: same ids, keys, state, fleet.
+        after = {d.pk: Device.objects.filter(pk=d.pk).values().get() for d in w.devices}
+        assert after == self.before
+        assert not Fleet.objects.filter(pk=self.placeholder.pk).exists()
+
+    def test_members_keep_their_roles_and_the_actor_is_no_longer_one(self, done):
+        w = done
+        roles = dict(FleetMembership.objects.filter(fleet=w.fleet).values_list("user__username", "role"))
+        assert roles == {
+            w.p.observer.username: "observer", w.p.developer.username: "developer",
+            w.p.operator.username: "operator", w.p.administrator.username: "administrator",
+            "globex-dev": "operator",
+        }  # fmt: skip
+        assert not FleetUserObjectPermission.objects.filter(user=w.actor).exists()
+        assert (
+            FleetUserObjectPermission.objects.filter(content_object=w.fleet, user=w.p.operator).count() == 3
+        )
+        assert (
+            FleetUserObjectPermission.objects.filter(content_object=w.fleet, user=self.globex_dev).count()
+            == 3
+        )
+        assert fleet_for_user(w.p.operator, w.fleet.pk).access.can_operate
+        assert fleet_for_user(w.globex_admin, w.fleet.pk).access.can_administer
+        # Every member of the fleet is now also a member of Globex.
+        globex_members = set(
+            OrgMembership.objects.filter(organization=w.globex).values_list("user__username", "role")
+        )
+        assert (w.p.operator.username, "member") in globex_members
+        assert (w.globex_admin.username, "administrator") in globex_members
+
+    def test_the_source_organization_loses_the_fleet(self, client, done):
+        w = done
+        client.force_login(w.actor)
+        assert client.get(f"/fleets/{w.fleet.pk}/").status_code == 404
+        client.force_login(make_org_admin(w.p.org))
+        assert client.get(f"/fleets/{w.fleet.pk}/").status_code == 404
+
+    def test_both_organizations_record_it_in_their_activity(self, client, done):
+        w = done
+        records = DeviceAction.objects.filter(kind=ActionKind.FLEET_TRANSFER)
+        assert set(records.values_list("organization_id", flat=True)) == {w.p.org.pk, w.globex.pk}
+        for record in records:
+            assert record.fleet_id == w.fleet.pk and record.actor == w.actor
+            assert record.summary == f"Transferred gateways with 3 devices from {w.p.org.name} to Globex"
+        client.force_login(w.actor)
+        source_page = client.get(f"/orgs/{w.p.org.handle}/").content.decode()
+        assert (
+            "Transferred gateways with 3 devices" in source_page
+            and "(now in another organization)" in source_page
+        )
+        client.force_login(w.globex_admin)
+        assert (
+            "Transferred gateways with 3 devices" in client.get(f"/orgs/{w.globex.handle}/").content.decode()
+        )
+
+    def test_the_toast_says_what_happened(self, client, done):
+        w = done
+        client.force_login(w.actor)
+        assert "Transferred gateways to Globex" in client.get(self.response.url).content.decode()
+
+
+def test_the_devices_keep_their_support_grant_and_settings(w):
+    Device.objects.filter(pk=w.devices[0].pk).update(
+        public_url_enabled=True, support_access_until=timezone.now() + timedelta(hours=1)
+    )
+    w.add_actor_to(w.placeholder())
+    services.fleet_transfer(actor=w.actor, fleet=w.fleet, organization=w.globex)
+    device = Device.objects.get(pk=w.devices[0].pk)
+    assert device.public_url_enabled and device.support_access_until and device.fleet_id == w.fleet.pk

@@ -8,6 +8,7 @@ from django.db import transaction
 from django.db.models import QuerySet
 from django.http import Http404, HttpResponseBadRequest
 from django.shortcuts import get_object_or_404, redirect, render
+from django.template.defaultfilters import pluralize
 from django.urls import reverse
 from django.views.decorators.http import require_POST
 from django_htmx.http import HttpResponseClientRedirect
@@ -103,7 +104,7 @@ class Target:
             return self.device.name
         if self.scope == ActionScope.FLEET:
             return f"all {preview.selected:,} devices of {self.fleet.name}"
-        return f"{preview.selected:,} selected devices of {self.fleet.name}"
+        return f"{preview.selected:,} selected device{pluralize(preview.selected)} of {self.fleet.name}"
 
 
 class BadSelection(Exception):

@@ -13,7 +13,7 @@ from django.urls import reverse
 from django.views.decorators.http import require_POST
 from django_htmx.http import HttpResponseClientRedirect
 
-from devices import services
+from devices import public_url, services
 from devices.filters import DeviceFilter, filtered_devices
 from devices.models import (
     OPEN_DELIVERY_STATES,
@@ -54,13 +54,13 @@ def device_list(request):
 @login_required
 def device_detail(request, uuid):
     device = device_for_user(request.user, uuid)
-    context = _device_context(device)
+    context = _device_context(request, device)
     if request.htmx and request.htmx.target == "device-live":
         return render(request, "devices/detail.html#live", context)
     return render(request, "devices/detail.html", context)
 
 
-def _device_context(device: Device) -> dict:
+def _device_context(request, device: Device) -> dict:
     deliveries = (
         ActionDelivery.objects.filter(device_id=device.pk)
         .select_related("action")
@@ -69,6 +69,7 @@ def _device_context(device: Device) -> dict:
     specs = services.ACTIONS.values()
     return {
         "device": device,
+        "public_url": public_url.address_for(device, request),
         "fleet": device.fleet,
         "access": device.access,
         "deliveries": deliveries,

@@ -7,7 +7,8 @@ Chromium
     The fixture is package scoped, not session scoped: Playwright's sync API marks an asyncio loop
     as running in the main thread while it lives, which would break asyncio.run() and Django's
     async-safety check in every test module collected after this one. For the same reason ORM
-    calls of the browser tests themselves need DJANGO_ALLOW_ASYNC_UNSAFE while it lives.
+    calls of the browser tests themselves need DJANGO_ALLOW_ASYNC_UNSAFE while it lives (worker
+    subprocesses started meanwhile inherit it; the integration tests run them without it).
 
 `page`
     A fresh browser context per test, 1280 x 900, reduced motion (no animation half way through a
@@ -70,7 +71,7 @@ def pytest_collection_modifyitems(config, items):
     here = Path(__file__).parent
     skip = pytest.mark.skip(reason=f"Chromium is not installed at {CHROMIUM} (apt-get install chromium)")
     for item in items:
-        if here in Path(item.fspath).parents:
+        if here in item.path.parents:
             item.add_marker(skip)
 
 

@@ -12,6 +12,7 @@ from urllib.parse import quote
 import httpx
 from django.conf import settings
 from django.http import HttpResponse, StreamingHttpResponse
+from django.http.request import split_domain_port
 from django.template.loader import render_to_string
 
 from devices.models import Device
@@ -28,6 +29,13 @@ _client = httpx.Client(follow_redirects=False, trust_env=False)
 def host_pattern() -> re.Pattern:
     domain = re.escape(settings.PUBLIC_URL_DOMAIN)
     return re.compile(rf"^(?P<uuid>[0-9a-f]{{32}})\.{domain}(?::\d+)?$", re.IGNORECASE)
+
+
+def address_for(device: Device, request) -> str:
+    """The device's public URL as the person's browser reaches it: the dashboard serves public URLs
+    on its own port, so a dashboard at :8000 (make run, the tests' live server) gives the URL :8000."""
+    _, port = split_domain_port(request.get_host())
+    return device.public_url + (f":{port}" if port and port not in ("80", "443") else "")
 
 
 def _error(status: int, title: str, detail: str, device: Device | None = None) -> HttpResponse:

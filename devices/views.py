@@ -8,13 +8,14 @@ from django.db import transaction
 from django.db.models import QuerySet
 from django.http import Http404, HttpResponseBadRequest
 from django.shortcuts import get_object_or_404, redirect, render
+from django.template.defaultfilters import pluralize
 from django.urls import reverse
 from django.utils import timezone
 from django.utils.module_loading import import_string
 from django.views.decorators.http import require_POST
 from django_htmx.http import HttpResponseClientRedirect
 
-from devices import services
+from devices import public_url, services
 from devices.exports import OUTCOMES_CSV_HEADER, csv_response, outcome_csv_rows
 from devices.filters import DeviceFilter, filtered_devices
 from devices.models import (
@@ -56,7 +57,7 @@ def device_list(request):
 @login_required
 def device_detail(request, uuid):
     device = device_for_user(request.user, uuid)
-    context = _device_context(device)
+    context = _device_context(request, device)
     if request.htmx and request.htmx.target == "device-live":
         return render(request, "devices/detail.html#live", context)
     return render(request, "devices/detail.html", context)
@@ -83,7 +84,7 @@ def _unavailable(spec: services.ActionSpec, device: Device) -> str | None:
     return spec.check(device) if spec.check else None
 
 
-def _device_context(device: Device) -> dict:
+def _device_context(request, device: Device) -> dict:
     deliveries = (
         ActionDelivery.objects.filter(device_id=device.pk)
         .select_related("action")
@@ -92,6 +93,7 @@ def _device_context(device: Device) -> dict:
     menu = [(spec, _unavailable(spec, device)) for spec in _device_menu(device)]
     return {
         "device": device,
+        "public_url": public_url.address_for(device, request),
         "fleet": device.fleet,
         "access": device.access,
         "deliveries": deliveries,
@@ -133,7 +135,7 @@ class Target:
             return self.device.name
         if self.scope == ActionScope.FLEET:
             return f"all {preview.selected:,} devices of {self.fleet.name}"
-        return f"{preview.selected:,} selected devices of {self.fleet.name}"
+        return f"{preview.selected:,} selected device{pluralize(preview.selected)} of {self.fleet.name}"
 
 
 class BadSelection(Exception):

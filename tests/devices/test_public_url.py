@@ -8,7 +8,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 from django.utils import timezone
 
-from tests.factories import make_device, make_fleet
+from fleets.models import FleetRole
+from tests.factories import make_device, make_fleet, make_member
 
 pytestmark = pytest.mark.django_db
 
@@ -100,3 +101,12 @@ def test_the_dashboard_session_cookie_is_not_forwarded(client, settings, web_ser
 def test_dashboard_pages_are_never_served_on_a_device_host(client, settings, web_service):
     device = make_device(make_fleet(), public_url_enabled=False)
     assert client.get("/admin/", HTTP_HOST=device_host(device, settings)).status_code == 404
+
+
+def test_the_device_page_links_the_public_url_at_the_dashboard_port(client, settings):
+    device = make_device(make_fleet(), public_url_enabled=True)
+    client.force_login(make_member(device.fleet, FleetRole.OBSERVER))
+    html = client.get(f"/devices/{device.uuid}/", HTTP_HOST="localhost:8000").content.decode()
+    assert f'href="http://{device.uuid}.{settings.PUBLIC_URL_DOMAIN}:8000"' in html
+    html = client.get(f"/devices/{device.uuid}/", HTTP_HOST="localhost").content.decode()
+    assert f'href="http://{device.uuid}.{settings.PUBLIC_URL_DOMAIN}"' in html

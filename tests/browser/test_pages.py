@@ -1,0 +1,80 @@
+"""Every main page at 1280 px and at 390 px: a screenshot of each, every control named, no page
+that scrolls sideways on a phone, and the status badges of every device state."""
+
+import pytest
+from playwright.sync_api import expect
+
+from tests.browser.conftest import DESKTOP, PHONE, check_page, login, screenshot, stock_fleet
+
+pytestmark = pytest.mark.browser
+
+
+@pytest.mark.parametrize("viewport", [DESKTOP, PHONE], ids=["1280", "390"])
+def test_a_tour_of_every_main_page(page, demo, viewport):
+    page.set_viewport_size(viewport)
+    devices = stock_fleet(demo.fleet)
+    fleet = demo.fleet
+
+    page.goto("/accounts/login/")
+    check_page(page, "login")
+    login(page, demo.operator)
+    check_page(page, "fleets")
+
+    page.get_by_role("link", name="kiosks").click()
+    expect(page.get_by_role("heading", name="kiosks")).to_be_visible()
+    check_page(page, "fleet-devices")
+
+    page.get_by_role("checkbox", name="Select kiosk-lobby-01").check()
+    page.get_by_role("checkbox", name="Select kiosk-lobby-02").check()
+    expect(page.get_by_text("2 selected")).to_be_visible()
+    page.locator("[data-selection-bar] summary", has_text="Actions").click()
+    expect(page.get_by_role("menuitem", name="Purge data…")).to_be_visible()
+    check_page(page, "fleet-devices-selection-menu", full_page=False)
+
+    page.goto(f"/fleets/{fleet.pk}/actions/")
+    check_page(page, "fleet-actions")
+    page.goto(f"/fleets/{fleet.pk}/members/")
+    check_page(page, "fleet-members")
+    page.goto(f"/fleets/{fleet.pk}/activity/")
+    check_page(page, "fleet-activity-empty")
+
+    page.goto("/devices/")
+    expect(page.get_by_role("link", name="kiosk-gate-02")).to_be_visible()
+    check_page(page, "devices")
+
+    page.goto(f"/devices/{devices['online'].uuid}/")
+    expect(page.get_by_role("heading", name="kiosk-lobby-01")).to_be_visible()
+    check_page(page, "device")
+    page.locator("main summary", has_text="Actions").click()
+    expect(page.get_by_role("menuitem", name="Reboot…")).to_be_visible()
+    check_page(page, "device-actions-menu", full_page=False)
+    page.get_by_role("menuitem", name="Reboot…").click()
+    expect(page.get_by_role("dialog")).to_be_visible()
+    check_page(page, "device-reboot-dialog", full_page=False)
+    page.get_by_role("dialog").get_by_role("button", name="Cancel").click()
+    expect(page.get_by_role("dialog")).to_be_hidden()
+
+    page.get_by_role("link", name="Shut down…").click()
+    expect(page.get_by_role("dialog")).to_be_visible()
+    check_page(page, "device-shutdown-dialog", full_page=False)
+
+
+def test_every_device_state_has_its_badge(page, demo):
+    stock_fleet(demo.fleet)
+    login(page, demo.observer)
+    page.goto(f"/fleets/{demo.fleet.pk}/")
+    rows = page.locator("#devices-table tbody tr")
+    expected = {
+        "kiosk-lobby-01": "Online",
+        "kiosk-lobby-02": "Online",
+        "kiosk-lobby-03": "Offline",
+        "kiosk-cafe-01": "Updating",
+        "kiosk-gate-02": "Deactivated",
+    }
+    for name, status in expected.items():
+        row = rows.filter(has=page.get_by_role("link", name=name, exact=True))
+        expect(row.locator(".badge").first).to_have_text(status)
+        expect(row.locator(".badge").first).to_have_class(f"badge status-{status.lower()}")
+    locked = rows.filter(has=page.get_by_role("link", name="kiosk-lobby-02", exact=True))
+    expect(locked.locator(".badge.status-locked")).to_have_text("Held")
+    screenshot(page, "fleet-devices-badges")

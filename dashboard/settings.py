@@ -189,6 +189,8 @@ CELERY_TASK_DEFAULT_QUEUE = env_str("CELERY_DEFAULT_QUEUE", "dashboard")
 CELERY_TIMEZONE = "UTC"
 CELERY_BEAT_SCHEDULE = {
     "sweep-actions": {"task": "devices.tasks.sweep_actions", "schedule": env_float("SWEEP_INTERVAL_S", 5.0)},
+    # A safety net: the flusher threads drain the agent buffer continuously; this catches any leftover.
+    "flush-agent-reports": {"task": "devices.tasks.flush_agent_reports", "schedule": 10.0},
 }
 
 # The device agent protocol.
@@ -201,6 +203,10 @@ AGENT_PUSH_TIMEOUT_S = env_float("AGENT_PUSH_TIMEOUT_S", 5.0)
 # A sent action whose result never arrives is failed after this long.
 ACTION_RESULT_TIMEOUT_S = env_int("ACTION_RESULT_TIMEOUT_S", 120)
 ACTION_BATCH_SIZE = env_int("ACTION_BATCH_SIZE", 500)
+# Agent reports and results are buffered in Redis and written in bulk this often (devices.ingest),
+# by a thread in each Celery worker unless turned off (then run `manage.py flush_agent_reports --loop`).
+AGENT_FLUSH_INTERVAL_S = env_float("AGENT_FLUSH_INTERVAL_S", 0.5)
+AGENT_FLUSH_IN_WORKER = env_bool("AGENT_FLUSH_IN_WORKER", True)
 # The one-time fee charged when a device is deactivated, in cents.
 DEACTIVATION_FEE_CENTS = env_int("DEACTIVATION_FEE_CENTS", 500)
 

@@ -2,7 +2,7 @@
 
 from celery import shared_task
 
-from devices import selectors, services
+from devices import ingest, selectors, services
 
 
 @shared_task(acks_late=True)
@@ -33,3 +33,8 @@ def sweep_actions() -> dict:
 @shared_task
 def refresh_fleet_counts(fleet_id: int) -> None:
     selectors.recount_fleet(fleet_id)
+
+
+@shared_task
+def flush_agent_reports() -> int:
+    return ingest.flush().reports

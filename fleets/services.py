@@ -4,13 +4,14 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from django.contrib.auth.models import Permission, User
-from django.db import IntegrityError, connection, transaction
+from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from devices.keys import hash_secret, new_secret
 from devices.models import ActionKind, ActionState, Device, DeviceAction
 from devices.selectors import forget_fleet_counts
 from devices.services import ActionError, action_cancel, action_record
+from devices.services.device_actions import delete_devices
 from fleets.models import (
     ROLE_PERMISSION,
     ROLE_RANK,
@@ -306,12 +307,7 @@ def fleet_delete(*, actor, fleet: Fleet) -> FleetDeletion:
         state__in=[ActionState.DONE, ActionState.CANCELLED]
     ):
         action_cancel(action=action)  # nothing left to send to: the devices are going
-    DeviceAction.objects.filter(device__fleet=fleet).update(device=None)
-    # A raw DELETE: the ORM's collector would load every device to cascade and null their links.
-    with connection.cursor() as cursor:
-        table = connection.ops.quote_name(Device._meta.db_table)
-        cursor.execute(f"DELETE FROM {table} WHERE fleet_id = %s", [fleet.pk])
-        devices = cursor.rowcount
+    devices = delete_devices(Device.objects.filter(fleet=fleet))
     releases = Release.objects.filter(fleet=fleet).count()
     action_record(
         actor=actor,

@@ -250,7 +250,24 @@ def wait_until(predicate, timeout: float = 20.0, interval: float = 0.1, message:
 
 
 @pytest.fixture
-def simulator(live_server):
+def agent_flusher():
+    """Writes buffered agent reports and results to the database, as a worker's flusher does.
+
+    In this process, so it stops (at teardown) before the test database is emptied."""
+    import threading
+
+    from devices.ingest import run_flusher
+
+    stop = threading.Event()
+    thread = threading.Thread(target=run_flusher, args=(stop, 0.2), name="test-agent-flusher", daemon=True)
+    thread.start()
+    yield
+    stop.set()
+    thread.join(10)
+
+
+@pytest.fixture
+def simulator(live_server, agent_flusher):
     """The device simulator in a background thread, talking to this test's live server.
 
     Fast clocks: reports and polls every second, a reboot is dark for 2 s, SIGKILL after 0.5 s.

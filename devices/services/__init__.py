@@ -9,7 +9,6 @@ from devices.keys import push_secret_for
 from devices.models import ActionKind
 from devices.services.agent import (
     AgentError,
-    device_for_api_key,
     device_register,
     device_report_state,
     device_target_state,
@@ -52,7 +51,6 @@ __all__ = [
     "action_record",
     "action_record_result",
     "actions_sweep",
-    "device_for_api_key",
     "devices_nudge",
     "device_register",
     "device_report_state",

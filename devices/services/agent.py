@@ -10,8 +10,6 @@ from django.utils import timezone
 
 from devices.keys import hash_secret, new_secret
 from devices.models import (
-    ActionDelivery,
-    DeliveryState,
     Device,
     DeviceType,
 )
@@ -87,35 +85,12 @@ def device_register(
     return device, api_key
 
 
-def device_for_api_key(api_key: str) -> Device | None:
-    return (
-        Device.objects.select_related("fleet", "device_type", "fleet__target_release")
-        .filter(api_key_hash=hash_secret(api_key))
-        .first()
-    )
-
-
 def device_report_state(*, device: Device, fields: dict, now=None) -> None:
-    """Apply one validated state report: a single UPDATE. A device that comes back gets what waited."""
-    now = now or timezone.now()
-    was_online = device.is_online
-    target = device.target_os_version
-    if target and fields.get("os_version_key", 0) >= version_key(target):
-        fields["target_os_version"] = ""
-        _os_update_done(device, fields["os_version"])
-    Device.objects.filter(pk=device.pk).update(last_seen_at=now, **fields)
-    if not was_online:
-        from devices.tasks import deliver_waiting
+    """Apply one validated state report at once, through the same bulk path the buffered
+    reports take (the agent API buffers them; see devices.ingest)."""
+    from devices.ingest import apply_reports
 
-        if ActionDelivery.objects.filter(device_id=device.pk, state=DeliveryState.WAITING).exists():
-            transaction.on_commit(lambda: deliver_waiting.delay(device.pk))
-
-
-def _os_update_done(device: Device, version: str) -> None:
-    """The device runs the OS version it was asked to: its OS update outcomes succeed."""
-    from devices.services.engine import action_record_update_done
-
-    action_record_update_done(device, f"Now running {version}")
+    apply_reports({device.pk: dict(fields, last_seen_at=now or timezone.now())})
 
 
 def device_target_state(device: Device) -> dict:

@@ -2,8 +2,10 @@
 charging deactivations, and the conditions a deactivation needs."""
 
 from django.conf import settings
+from django.db import transaction
 from django.db.models import QuerySet
 
+from devices.ingest import forget_api_keys
 from devices.models import Device, DeviceAction
 from fleets.models import BillingCharge
 
@@ -38,9 +40,12 @@ def charge_deactivations(action: DeviceAction, devices: QuerySet[Device]) -> Non
 
 
 def delete_devices(devices: QuerySet[Device]) -> int:
-    """Delete devices with two statements whatever their number; their audit rows stay."""
-    ids = list(devices.values_list("pk", flat=True))
-    DeviceAction.objects.filter(device_id__in=ids).update(device=None)
+    """Delete devices with a few statements whatever their number; their audit rows stay, their
+    api keys stop working as soon as the deletion commits."""
+    key_hashes = list(devices.values_list("api_key_hash", flat=True))
+    DeviceAction.objects.filter(device__in=devices).update(device=None)
     # Nothing else points at a device with a constraint (deliveries keep the id and a copy of the
-    # uuid and name), so the rows can go without Django collecting them one by one.
-    return Device.objects.filter(pk__in=ids)._raw_delete(Device.objects.db)
+    # uuid and name), so the rows can go without Django's collector loading them one by one.
+    deleted = devices._raw_delete(devices.db)
+    transaction.on_commit(lambda: forget_api_keys(key_hashes))
+    return deleted

@@ -589,37 +589,47 @@ RESULT_STATES = {
 }
 
 
-@transaction.atomic
 def action_record_result(*, device: Device, key: str, state: str, reason: str = "") -> bool:
-    """An agent reports how a delivery ended. The first final result wins; repeats change nothing."""
+    """One agent result applied at once (the agent API buffers them; see devices.ingest)."""
+    action_id, device_id = parse_delivery_key(key)
+    if device_id != device.pk:
+        raise AgentError(404, "unknown_action", "That key is not an action delivery of this device.")
+    return bool(record_results({(action_id, state, reason): [device.pk]}))
+
+
+def parse_delivery_key(key: str) -> tuple[int, int]:
     try:
         action_id, device_id = (int(part) for part in key.split("-", 1))
     except ValueError:
-        raise AgentError(
-            404, "unknown_action", "That key is not an action delivery of this device."
-        ) from None
-    if device_id != device.pk:
-        raise AgentError(404, "unknown_action", "That key is not an action delivery of this device.")
-    rows = ActionDelivery.objects.filter(action_id=action_id, device_id=device_id)
-    if not rows.exists():
-        raise AgentError(404, "unknown_action", "That key is not an action delivery of this device.")
-    moved = _transition(
-        action_id, rows, [DeliveryState.SENT, DeliveryState.SENDING], RESULT_STATES[state], reason=reason
-    )
-    _finish_if_settled(action_id)
-    return bool(moved)
+        raise AgentError(404, "unknown_action", "That key is not an action delivery.") from None
+    return action_id, device_id
 
 
 @transaction.atomic
-def action_record_update_done(device: Device, reason: str) -> None:
+def action_record_update_done(device_id: int, reason: str) -> None:
     """A tracked OS update reached the device: every open delivery of it succeeds."""
     open_updates = ActionDelivery.objects.filter(
-        device_id=device.pk, state=DeliveryState.SENT, action__kind=ActionKind.OS_UPDATE
+        device_id=device_id, state=DeliveryState.SENT, action__kind=ActionKind.OS_UPDATE
     )
     for action_id in open_updates.values_list("action_id", flat=True):
-        rows = ActionDelivery.objects.filter(action_id=action_id, device_id=device.pk)
+        rows = ActionDelivery.objects.filter(action_id=action_id, device_id=device_id)
         _transition(action_id, rows, [DeliveryState.SENT], DeliveryState.SUCCEEDED, reason=reason)
         _finish_if_settled(action_id)
+
+
+@transaction.atomic
+def record_results(groups: dict[tuple[int, str, str], list[int]]) -> int:
+    """Agents' results, grouped by (action, outcome, reason): one transition per group. The first
+    final result of a delivery wins; a repeat, or a key of an action that does not exist, changes
+    nothing."""
+    moved = 0
+    for (action_id, state, reason), device_ids in groups.items():
+        rows = ActionDelivery.objects.filter(action_id=action_id, device_id__in=device_ids)
+        moved += _transition(
+            action_id, rows, [DeliveryState.SENT, DeliveryState.SENDING], RESULT_STATES[state], reason=reason[:300]
+        )
+        _finish_if_settled(action_id)
+    return moved
 
 
 @transaction.atomic

@@ -7,10 +7,11 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
+from devices import ingest
 from devices.keys import push_secret_for
 from devices.models import AgentStatus, Device
 from fleets.services import provisioning_key_create
-from tests.factories import make_device, make_fleet
+from tests.factories import make_device, make_fleet, make_user
 
 pytestmark = pytest.mark.django_db
 
@@ -25,8 +26,11 @@ def auth(key):
 
 
 def patch(client, key, payload):
+    """Report, then flush the buffer as a worker's flusher would (devices.ingest)."""
     body = payload if isinstance(payload, str) else json.dumps(payload)
-    return client.patch(STATE, body, content_type="application/json", **auth(key))
+    response = client.patch(STATE, body, content_type="application/json", **auth(key))
+    ingest.flush()
+    return response
 
 
 @pytest.fixture
@@ -163,6 +167,48 @@ class TestReport:
         assert response.status_code == 400
 
 
+class TestBufferedIngestion:
+    def test_a_report_costs_no_sql_once_the_device_is_known(self, client, registered, django_assert_num_queries):
+        _, key = registered
+        client.patch(STATE, "{}", content_type="application/json", **auth(key))  # caches the identity
+        with django_assert_num_queries(0):
+            response = client.patch(STATE, json.dumps({"status": "idle", "uptime_s": 5}),
+                                    content_type="application/json", **auth(key))
+        assert response.status_code == 204
+
+    def test_reports_of_many_devices_are_written_with_a_constant_number_of_queries(
+        self, fleet, django_assert_max_num_queries
+    ):
+        from django.utils import timezone
+
+        devices = [make_device(fleet, online=False) for _ in range(40)]
+        now = timezone.now()
+        for device in devices:
+            ingest.buffer_report(device.pk, {"os_version": "2.95.12", "os_version_key": 2095012, "booted_at": now}, now)
+        with django_assert_max_num_queries(6):
+            stats = ingest.flush()
+        assert stats.reports == 40
+        assert set(Device.objects.filter(pk__in=[d.pk for d in devices]).values_list("os_version", flat=True)) == {
+            "2.95.12"}
+        assert all(d.is_online for d in Device.objects.filter(pk__in=[d.pk for d in devices]))
+
+    def test_later_fields_win_and_earlier_ones_are_kept(self, client, registered):
+        device, key = registered
+        client.patch(STATE, json.dumps({"status": "updating", "os_update_progress": 10}),
+                     content_type="application/json", **auth(key))
+        client.patch(STATE, json.dumps({"os_update_progress": 60}), content_type="application/json", **auth(key))
+        ingest.flush()
+        device.refresh_from_db()
+        assert (device.agent_status, device.os_update_progress) == ("updating", 60)
+
+    def test_a_deleted_device_is_refused_at_once_despite_the_cache(self, client, registered, django_capture_on_commit_callbacks):
+        device, key = registered
+        assert patch(client, key, {"status": "idle"}).status_code == 204  # identity now cached
+        with django_capture_on_commit_callbacks(execute=True):
+            device.delete()
+        assert patch(client, key, {"status": "idle"}).status_code == 401
+
+
 class TestTarget:
     def test_it_returns_the_target_with_an_etag_and_304_when_unchanged(self, client, registered):
         device, key = registered
@@ -188,6 +234,22 @@ class TestTarget:
 
 
 class TestResult:
+    def test_a_result_is_recorded_when_the_buffer_is_flushed(self, client, registered):
+        from devices.models import ActionDelivery, DeviceAction
+        from devices.services import action_record
+
+        device, key = registered
+        action = action_record(actor=make_user(), kind="reboot", fleet=device.fleet, summary="")
+        DeviceAction.objects.filter(pk=action.pk).update(state="dispatching", sent_count=1, target_count=1)
+        ActionDelivery.objects.create(action=action, device=device, device_uuid=device.uuid,
+                                      device_name=device.name, state="sent")
+        response = client.post(RESULT, {"key": f"{action.pk}-{device.pk}", "state": "succeeded", "reason": "ok"},
+                               content_type="application/json", **auth(key))
+        assert response.status_code == 204
+        ingest.flush()
+        action.refresh_from_db()
+        assert (action.succeeded_count, action.sent_count, action.state) == (1, 0, "done")
+
     def test_a_key_of_another_device_is_refused(self, client, registered, fleet):
         device, key = registered
         other = make_device(fleet)

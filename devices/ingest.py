@@ -1,0 +1,300 @@
+"""Agent traffic at fleet scale: reports and results are buffered in Redis, written in bulk.
+
+A state report costs the web server one Redis round trip and no SQL: the device's identity comes
+from a cache (keyed by the hash of its api key), and the report's fields are merged into a Redis
+hash. A flusher (a thread in every Celery worker, or `manage.py flush_agent_reports --loop`)
+drains the buffer every AGENT_FLUSH_INTERVAL_S with one UPDATE per thousand devices, and takes the
+actions a report implies in bulk too: queued actions for devices that came back, OS updates that
+reached their target. Action results are buffered the same way and applied as grouped
+transitions. Several flushers may run at once: SPOP hands each device's report to one, and results go
+through a Redis stream consumer group, acknowledged only after they are written, so a flusher
+killed mid-way loses none (reports are snapshots: the next one repairs a lost one).
+"""
+
+import json
+import logging
+import os
+import socket
+import threading
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+from datetime import datetime
+
+import redis
+from django.conf import settings
+from django.db import close_old_connections, connection, transaction
+
+from devices.keys import hash_secret
+from devices.models import GOING_DOWN, ActionDelivery, DeliveryState, Device, online_cutoff
+from devices.versions import version_key
+
+log = logging.getLogger(__name__)
+
+DIRTY = "agent:dirty"
+RESULTS = "agent:results"  # a stream: a result stays until the flusher that read it has written it
+RESULTS_GROUP = "flushers"
+RESULTS_MAXLEN = 1_000_000
+# A result read by a flusher that died is taken over by another after this long.
+RESULT_RECLAIM_MS = 30_000
+IDENTITY_TTL_S = 600
+UNKNOWN_KEY_TTL_S = 10
+FLUSH_BATCH = 5000
+UPDATE_CHUNK = 1000
+
+_clients: dict[str, redis.Redis] = {}
+
+
+def redis_client() -> redis.Redis:
+    url = settings.REDIS_URL
+    if url not in _clients:
+        # A bounded pool that makes a burst of requests wait briefly for a connection rather than
+        # open hundreds of them (or fail when a pool limit is reached).
+        pool = redis.BlockingConnectionPool.from_url(
+            url, max_connections=64, timeout=10, socket_connect_timeout=2, socket_timeout=5
+        )
+        _clients[url] = redis.Redis(connection_pool=pool)
+    return _clients[url]
+
+
+def _identity_key(key_hash: str) -> str:
+    return f"agent:key:{key_hash}"
+
+
+def _report_key(device_id: int) -> str:
+    return f"agent:report:{device_id}"
+
+
+# --- Who is calling --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AgentIdentity:
+    id: int
+    uuid: str
+
+
+def identity_for_api_key(api_key: str) -> AgentIdentity | None:
+    """The device an api key belongs to: from the cache, or one indexed read on a miss."""
+    key_hash = hash_secret(api_key)
+    r = redis_client()
+    cached = r.get(_identity_key(key_hash))
+    if cached is not None:
+        if cached == b"-":
+            return None
+        device_id, uuid = cached.decode().split("|")
+        return AgentIdentity(int(device_id), uuid)
+    row = Device.objects.filter(api_key_hash=key_hash).values_list("id", "uuid").first()
+    if row is None:
+        r.set(_identity_key(key_hash), "-", ex=UNKNOWN_KEY_TTL_S)  # a wrong key costs no read for a while
+        return None
+    r.set(_identity_key(key_hash), f"{row[0]}|{row[1]}", ex=IDENTITY_TTL_S)
+    return AgentIdentity(*row)
+
+
+def forget_api_keys(key_hashes) -> None:
+    """Deleted devices: their api keys stop working at once, not when the cache expires."""
+    keys = [_identity_key(h) for h in key_hashes]
+    for start in range(0, len(keys), 10_000):
+        redis_client().delete(*keys[start : start + 10_000])
+
+
+# --- Buffering ---------------------------------------------------------------------------------------
+
+
+def _encode(value) -> str:
+    return json.dumps(value.isoformat() if isinstance(value, datetime) else value)
+
+
+def buffer_report(device_id: int, fields: dict, now: datetime) -> None:
+    """Merge a validated report into the device's pending state: one round trip, no SQL."""
+    pipe = redis_client().pipeline(transaction=False)
+    pipe.hset(_report_key(device_id), mapping={name: _encode(v) for name, v in (fields | {"last_seen_at": now}).items()})
+    pipe.sadd(DIRTY, device_id)
+    pipe.execute()
+
+
+def buffer_result(device_id: int, key: str, state: str, reason: str) -> None:
+    redis_client().xadd(
+        RESULTS, {"r": json.dumps([device_id, key, state, reason])}, maxlen=RESULTS_MAXLEN, approximate=True
+    )
+
+
+# --- Flushing ----------------------------------------------------------------------------------------
+
+DATETIME_FIELDS = {"last_seen_at", "booted_at"}
+
+
+@dataclass
+class FlushStats:
+    reports: int = 0
+    results: int = 0
+    seconds: float = 0.0
+
+
+def flush(limit: int = FLUSH_BATCH) -> FlushStats:
+    """Write what is buffered now (up to `limit` devices and results) to the database."""
+    started = time.monotonic()
+    r = redis_client()
+    stats = FlushStats()
+    device_ids = [int(i) for i in r.spop(DIRTY, limit) or []]
+    if device_ids:
+        pipe = r.pipeline(transaction=True)  # read and delete together: a report arriving now starts afresh
+        for device_id in device_ids:
+            pipe.hgetall(_report_key(device_id))
+            pipe.delete(_report_key(device_id))
+        replies = pipe.execute()
+        reports = {}
+        for device_id, raw in zip(device_ids, replies[::2], strict=True):
+            if raw:
+                reports[device_id] = {k.decode(): json.loads(v) for k, v in raw.items()}
+        apply_reports(reports)
+        stats.reports = len(reports)
+    stats.results = _flush_results(r, limit)
+    stats.seconds = time.monotonic() - started
+    return stats
+
+
+_consumer = f"{socket.gethostname()}-{os.getpid()}"
+
+
+def _create_group(r: redis.Redis) -> None:
+    try:
+        r.xgroup_create(RESULTS, RESULTS_GROUP, id="0", mkstream=True)
+    except redis.ResponseError as error:
+        if "BUSYGROUP" not in str(error):
+            raise
+
+
+def _read_results(r: redis.Redis, consumer: str, limit: int) -> list:
+    _, reclaimed, *_ = r.xautoclaim(RESULTS, RESULTS_GROUP, consumer, RESULT_RECLAIM_MS, "0-0", count=limit)
+    fresh = r.xreadgroup(RESULTS_GROUP, consumer, {RESULTS: ">"}, count=limit) or []
+    return list(reclaimed) + [entry for _, stream_entries in fresh for entry in stream_entries]
+
+
+def _flush_results(r: redis.Redis, limit: int) -> int:
+    """Results are read through a consumer group and acknowledged only once written: a flusher
+    killed in between leaves them pending, and another one takes them over (XAUTOCLAIM)."""
+    consumer = f"{_consumer}-{threading.get_ident()}"
+    try:
+        entries = _read_results(r, consumer, limit)
+    except redis.ResponseError as error:
+        if "NOGROUP" not in str(error):
+            raise
+        _create_group(r)  # first use, or Redis lost its data
+        entries = _read_results(r, consumer, limit)
+    if not entries:
+        return 0
+    apply_results([json.loads(fields[b"r"]) for _, fields in entries])
+    ids = [entry_id for entry_id, _ in entries]
+    r.xack(RESULTS, RESULTS_GROUP, *ids)
+    r.xdel(RESULTS, *ids)
+    return len(entries)
+
+
+def apply_reports(reports: dict[int, dict]) -> None:
+    """Write reports in bulk and act on what they imply (devices back online, OS updates done)."""
+    if not reports:
+        return
+    for fields in reports.values():
+        for name in DATETIME_FIELDS & fields.keys():
+            if isinstance(fields[name], str):  # buffered reports went through JSON
+                fields[name] = datetime.fromisoformat(fields[name])
+    before = {
+        row["id"]: row
+        for row in Device.objects.filter(pk__in=reports).values(
+            "id", "is_active", "last_seen_at", "agent_status", "target_os_version"
+        )
+    }
+    cutoff = online_cutoff()
+    came_back, updated = [], []
+    for device_id, fields in reports.items():
+        old = before.get(device_id)
+        if old is None:
+            continue  # deleted since it reported
+        was_online = old["is_active"] and old["last_seen_at"] >= cutoff and old["agent_status"] not in GOING_DOWN
+        if not was_online:
+            came_back.append(device_id)
+        target = old["target_os_version"]
+        if target and fields.get("os_version_key", 0) >= version_key(target):
+            fields["target_os_version"] = ""
+            updated.append((device_id, fields["os_version"]))
+    with transaction.atomic():
+        groups = defaultdict(list)
+        for device_id, fields in reports.items():
+            if device_id in before:
+                groups[tuple(sorted(fields))].append((device_id, fields))
+        for names, rows in groups.items():
+            bulk_update_devices(names, rows)
+        if updated:
+            from devices.services.engine import action_record_update_done
+
+            for device_id, version in updated:
+                action_record_update_done(device_id, f"Now running {version}")
+    if came_back:
+        waiting = set(
+            ActionDelivery.objects.filter(device_id__in=came_back, state=DeliveryState.WAITING)
+            .values_list("device_id", flat=True)
+            .distinct()
+        )
+        if waiting:
+            from devices.tasks import deliver_waiting
+
+            for device_id in waiting:
+                deliver_waiting.delay(device_id)
+
+
+def bulk_update_devices(names: tuple[str, ...], rows: list[tuple[int, dict]]) -> None:
+    """UPDATE ... FROM (VALUES ...): a thousand devices, each with its own values, per statement."""
+    fields = [Device._meta.get_field(name) for name in names]
+    table = connection.ops.quote_name(Device._meta.db_table)
+    columns = ", ".join(f"{connection.ops.quote_name(f.column)} = v.column{i + 2}" for i, f in enumerate(fields))
+    postgres = connection.vendor == "postgresql"
+    casts = ["::bigint"] + [f"::{f.db_type(connection)}" for f in fields] if postgres else [""] * (len(fields) + 1)
+    placeholder = "(" + ", ".join(f"%s{cast}" for cast in casts) + ")"
+    with connection.cursor() as cursor:
+        for start in range(0, len(rows), UPDATE_CHUNK):
+            chunk = rows[start : start + UPDATE_CHUNK]
+            params = []
+            for device_id, values in chunk:
+                params.append(device_id)
+                params.extend(f.get_db_prep_save(values[f.name], connection) for f in fields)
+            cursor.execute(
+                f"UPDATE {table} SET {columns} FROM (VALUES {', '.join([placeholder] * len(chunk))}) AS v "
+                f"WHERE {table}.id = v.column1",
+                params,
+            )
+
+
+def apply_results(results: list[list]) -> None:
+    """Agents' action results, grouped so each (action, outcome, reason) is one transition."""
+    from devices.services.engine import record_results
+
+    groups = defaultdict(list)
+    for device_id, key, state, reason in results:
+        action_part, _, device_part = key.partition("-")
+        if action_part.isdigit() and device_part == str(device_id):
+            groups[(int(action_part), state, reason)].append(device_id)
+    record_results(groups)
+
+
+# --- Running the flusher ---------------------------------------------------------------------------
+
+
+def run_flusher(stop: threading.Event, interval: float | None = None) -> None:
+    """Flush every `interval` seconds until `stop` is set; errors are logged, never fatal."""
+    interval = settings.AGENT_FLUSH_INTERVAL_S if interval is None else interval
+    while not stop.wait(interval):
+        try:
+            while flush().reports >= FLUSH_BATCH:  # keep up when more than a batch piled up
+                pass
+        except Exception:
+            log.exception("flushing agent reports failed; retrying")
+        finally:
+            close_old_connections()
+
+
+def start_flusher_thread() -> threading.Event:
+    stop = threading.Event()
+    threading.Thread(target=run_flusher, args=(stop,), name="agent-flusher", daemon=True).start()
+    return stop

@@ -6,14 +6,14 @@ from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
 from django.db import transaction
 from django.db.models import QuerySet
-from django.http import Http404, HttpResponseBadRequest
+from django.http import Http404, HttpResponseBadRequest, QueryDict
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_POST
 from django_htmx.http import HttpResponseClientRedirect
 
 from devices import services
-from devices.filters import DeviceFilter, filtered_devices
+from devices.filters import DeviceFilter, filtered_devices, list_querystring
 from devices.models import (
     OPEN_DELIVERY_STATES,
     ActionDelivery,
@@ -23,7 +23,7 @@ from devices.models import (
     DeviceAction,
     OfflinePolicy,
 )
-from devices.selectors import DEVICE_SORTS, Sort, keyset_page
+from devices.selectors import DEVICE_SORTS, Sort, keyset_page_for, sort_for
 from fleets.models import Fleet, FleetRole
 from fleets.selectors import device_for_user, devices_for_user, fleet_for_user
 
@@ -39,12 +39,15 @@ def device_list(request):
     visible = devices_for_user(request.user).select_related("device_type", "fleet", "fleet__organization")
     device_filter = DeviceFilter(request.GET, queryset=visible)
     devices = device_filter.qs if device_filter.is_valid() else visible.none()
-    sort = DEVICE_SORTS.get(request.GET.get("sort", "name"), DEVICE_SORTS["name"])
-    page = keyset_page(devices, sort, request.GET.get("after"), DEVICE_PAGE_SIZE)
-    params = request.GET.copy()
-    params.pop("after", None)
-    context = {"filter": device_filter, "page": page, "sort": sort, "sorts": DEVICE_SORTS.values(),
-               "querystring": params.urlencode()}
+    sort = sort_for(request.GET)
+    page = keyset_page_for(devices, sort, DEVICE_PAGE_SIZE, request.GET)
+    context = {
+        "filter": device_filter,
+        "page": page,
+        "sort": sort,
+        "sorts": DEVICE_SORTS.values(),
+        "querystring": list_querystring(request.GET),
+    }
     if request.htmx and request.htmx.target == "device-table":
         return render(request, "devices/list.html#device-table", context)
     return render(request, "devices/list.html", context)
@@ -90,20 +93,32 @@ class Target:
     device: Device | None = None
     selection: dict | None = None
     filter_query: str = ""
+    selected: int | None = None  # how many devices, once something had to count them
 
-    def confirm_text(self, preview: services.Preview) -> str:
+    def count(self) -> int:
+        """How many devices are selected: known for ticked ids, one COUNT for a filter or the fleet."""
+        if self.selected is None:
+            ids = (self.selection or {}).get("ids")
+            self.selected = len(ids) if ids is not None else self.devices.count()
+        return self.selected
+
+    def confirm_text(self) -> str:
         if self.scope == ActionScope.DEVICE:
             return self.device.name
         if self.scope == ActionScope.FLEET:
             return self.fleet.name
-        return str(preview.selected)
+        return str(self.count())
 
-    def what(self, preview: services.Preview) -> str:
+    def what(self) -> str:
         if self.scope == ActionScope.DEVICE:
             return self.device.name
         if self.scope == ActionScope.FLEET:
-            return f"all {preview.selected:,} devices of {self.fleet.name}"
-        return f"{preview.selected:,} selected devices of {self.fleet.name}"
+            if self.selected is None:
+                return f"every device of {self.fleet.name}"
+            return f"all {self.selected:,} devices of {self.fleet.name}"
+        if self.selected is None:
+            return f"the selected devices of {self.fleet.name}"
+        return f"{self.selected:,} selected devices of {self.fleet.name}"
 
 
 class BadSelection(Exception):
@@ -118,7 +133,7 @@ def _selection_target(fleet: Fleet, data) -> Target:
     """
     fleet_devices = Device.objects.filter(fleet=fleet)
     if data.get("all_matching") == "1":
-        query = data.get("filter", "")
+        query = list_querystring(QueryDict(data.get("filter", "")))
         try:
             devices, _ = filtered_devices(fleet_devices, query)
         except ValueError as error:
@@ -132,14 +147,21 @@ def _selection_target(fleet: Fleet, data) -> Target:
     except ValueError:
         raise BadSelection("The selection is not a list of devices.") from None
     if len(ids) > MAX_SELECTED_IDS:
-        raise BadSelection(f"Select at most {MAX_SELECTED_IDS} devices by hand, or use “select all matching”.")
+        raise BadSelection(
+            f"Select at most {MAX_SELECTED_IDS} devices by hand, or use “select all matching”."
+        )
     found = fleet_devices.filter(pk__in=ids).count()
     if found != len(ids):
         raise BadSelection(
             f"{len(ids) - found} of the {len(ids)} selected devices are not in {fleet.name}; nothing was done."
         )
-    return Target(fleet, ActionScope.SELECTION, fleet_devices.filter(pk__in=ids), selection={"ids": ids},
-                  filter_query=data.get("filter", ""))
+    return Target(
+        fleet,
+        ActionScope.SELECTION,
+        fleet_devices.filter(pk__in=ids),
+        selection={"ids": ids},
+        filter_query=list_querystring(QueryDict(data.get("filter", ""))),
+    )
 
 
 def _spec_or_404(kind: str) -> services.ActionSpec:
@@ -176,31 +198,44 @@ def _refuse(request, fleet, message: str):
 
 
 def _confirm_or_dispatch(request, spec: services.ActionSpec, target: Target):
+    """GET: the confirmation step, with the full preview (one aggregate over the devices in scope).
+
+    POST: checks what the confirmation asked and records the action, without counting the scope
+    again: a fleet-wide action on 100,000 devices costs the same few queries as on one device
+    (one EXISTS for "can any device receive it", a COUNT only when the user typed a device count).
+    """
     policy = request.POST.get("offline_policy", OfflinePolicy.ONLINE_ONLY)
     if policy not in OfflinePolicy.values:
         return HttpResponseBadRequest("Unknown offline policy.")
-    preview = services.action_preview(kind=spec.kind, devices=target.devices, offline_policy=policy)
-    confirm_text = target.confirm_text(preview) if target.scope in spec.typed_confirmation else ""
-    context = {
-        "spec": spec,
-        "target": target,
-        "fleet": target.fleet,
-        "device": target.device,
-        "preview": preview,
-        "what": target.what(preview),
-        "confirm_text": confirm_text,
-        "ttl_choices": TTL_CHOICES,
-        "policies": OfflinePolicy.choices,
-        "policy": policy,
-        "form_action": request.path,
-    }
+    typed = target.scope in spec.typed_confirmation
+
+    def confirmation(error=None, status=200):
+        preview = services.action_preview(kind=spec.kind, devices=target.devices, offline_policy=policy)
+        target.selected = preview.selected
+        context = {
+            "spec": spec,
+            "target": target,
+            "fleet": target.fleet,
+            "device": target.device,
+            "preview": preview,
+            "what": target.what(),
+            "confirm_text": target.confirm_text() if typed else "",
+            "ttl_choices": TTL_CHOICES,
+            "policies": OfflinePolicy.choices,
+            "policy": policy,
+            "form_action": request.path,
+            "error": error,
+        }
+        if error is None and request.htmx:
+            return render(request, "devices/action_confirm.html#dialog", context)
+        return render(request, "devices/action_confirm.html", context, status=status)
+
     if request.method != "POST":
-        template = "devices/action_confirm.html#dialog" if request.htmx else "devices/action_confirm.html"
-        return render(request, template, context)
+        return confirmation()
 
     error = None
-    if confirm_text and request.POST.get("confirm", "").strip() != confirm_text:
-        error = f"Type {confirm_text} exactly to confirm."
+    if typed and request.POST.get("confirm", "").strip() != target.confirm_text():
+        error = f"Type {target.confirm_text()} exactly to confirm."
     ttl = None
     if policy == OfflinePolicy.QUEUE:
         try:
@@ -210,11 +245,10 @@ def _confirm_or_dispatch(request, spec: services.ActionSpec, target: Target):
         else:
             if not timedelta(hours=1) <= ttl <= timedelta(days=7):
                 error = "Keep it between 1 hour and 7 days."
-    if not preview.possible:
+    if not services.action_possible(kind=spec.kind, devices=target.devices, offline_policy=policy):
         error = "None of the selected devices can receive this action."
     if error:
-        context["error"] = error
-        return render(request, "devices/action_confirm.html", context, status=400)
+        return confirmation(error, status=400)
 
     with transaction.atomic():
         action = services.action_create(
@@ -228,7 +262,7 @@ def _confirm_or_dispatch(request, spec: services.ActionSpec, target: Target):
             ttl=ttl,
         )
     verb = "sent to" if spec.needs_agent_api else "applied to"
-    messages.success(request, f"{spec.label}: {verb} {target.what(preview)}.")
+    messages.success(request, f"{spec.label}: {verb} {target.what()}.")
     if target.scope == ActionScope.DEVICE:
         url = reverse("devices:detail", args=[target.device.uuid])
     else:
@@ -245,21 +279,19 @@ OUTCOME_SORT = Sort("device", "Device", ("device_id", "id"))
 def action_detail(request, fleet_id, action_id):
     fleet = fleet_for_user(request.user, fleet_id)
     action = get_object_or_404(DeviceAction.objects.select_related("device"), pk=action_id, fleet=fleet)
+    context = {"fleet": fleet, "access": fleet.access, "action": action}
+    if request.htmx and request.htmx.target == "action-progress":
+        # Polled every second while the action runs: the counters on the action row, nothing else.
+        return render(request, "devices/action_detail.html#progress", context)
     state = request.GET.get("state", "")
     outcomes = ActionDelivery.objects.filter(action=action)
     if state in DeliveryState.values:
         outcomes = outcomes.filter(state=state)
-    page = keyset_page(outcomes, OUTCOME_SORT, request.GET.get("after"), OUTCOME_PAGE_SIZE)
-    context = {
-        "fleet": fleet,
-        "access": fleet.access,
-        "action": action,
-        "page": page,
+    context |= {
+        "page": keyset_page_for(outcomes, OUTCOME_SORT, OUTCOME_PAGE_SIZE, request.GET),
         "state": state,
         "states": DeliveryState.choices,
     }
-    if request.htmx and request.htmx.target == "action-progress":
-        return render(request, "devices/action_detail.html#progress", context)
     if request.htmx and request.htmx.target == "outcomes":
         return render(request, "devices/action_detail.html#outcomes", context)
     return render(request, "devices/action_detail.html", context)
@@ -277,4 +309,3 @@ def action_cancel(request, fleet_id, action_id):
     else:
         messages.success(request, f"Cancelled: {cancelled:,} devices will not be sent the action.")
     return redirect("fleets:action", fleet.pk, action.pk)
-

@@ -15,7 +15,7 @@ import asyncio
 import json
 import logging
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from datetime import timedelta
 
@@ -302,29 +302,31 @@ EXPAND_CHUNK = 10_000
 
 
 def action_expand(action_id: int) -> None:
-    """Turn an action's scope into deliveries, chunk by chunk, enqueueing batches as it goes."""
+    """Turn an action's scope into deliveries, chunk by chunk, enqueueing batches as it goes.
+
+    A chunk is one statement: INSERT ... SELECT the next EXPAND_CHUNK devices in id order ...
+    RETURNING device_id, state. The database builds and classifies the rows and says which
+    devices are pending, so nothing is read twice; pending devices are enqueued ACTION_BATCH_SIZE
+    at a time across chunk boundaries, ceil(pending / size) messages in all.
+    """
     claimed = DeviceAction.objects.filter(
         pk=action_id, state__in=[ActionState.QUEUED, ActionState.EXPANDING]
     ).update(state=ActionState.EXPANDING, started_at=timezone.now())
     if not claimed:
         return  # cancelled, or a duplicate message for an action already expanded
     action = DeviceAction.objects.get(pk=action_id)
-    devices = scope_devices(action).order_by("id")
-    # Resume after a crash: rows already inserted are skipped by starting after the last one.
-    last = (
-        ActionDelivery.objects.filter(action_id=action_id)
-        .order_by("-device_id")
-        .values_list("device_id", flat=True)
-        .first()
-        or 0
+    devices = scope_devices(action)
+    size = settings.ACTION_BATCH_SIZE
+    # Resume after a crash: rows already inserted are skipped by starting after the last one, and
+    # their pending devices are enqueued again (a batch claims its rows, so a repeat finds none).
+    done = ActionDelivery.objects.filter(action_id=action_id)
+    last = done.order_by("-device_id").values_list("device_id", flat=True).first() or 0
+    backlog = list(
+        done.filter(state=DeliveryState.PENDING).order_by("device_id").values_list("device_id", flat=True)
     )
     rules = _rules(action.kind, action.offline_policy, action.created_at)
+    changes = ACTIONS[action.kind].sets
     while True:
-        bound = next(
-            iter(devices.filter(pk__gt=last).values_list("pk", flat=True)[EXPAND_CHUNK - 1 : EXPAND_CHUNK]),
-            None,
-        )
-        chunk = devices.filter(pk__gt=last) if bound is None else devices.filter(pk__gt=last, pk__lte=bound)
         with transaction.atomic():
             if (
                 not DeviceAction.objects.filter(pk=action_id, state=ActionState.EXPANDING)
@@ -332,23 +334,31 @@ def action_expand(action_id: int) -> None:
                 .exists()
             ):
                 return  # cancelled while expanding
-            _insert_deliveries(action, chunk, rules)
-            changes = ACTIONS[action.kind].sets
-            if changes:
-                chunk.filter(is_active=True).update(**changes)
-            pending_ids = _count_chunk(action_id, last, bound)
-        _enqueue_batches(action_id, pending_ids)
-        if bound is None:
+            inserted = _insert_deliveries(action, devices, rules, after=last, limit=EXPAND_CHUNK)
+            if inserted:
+                upto = max(device_id for device_id, _ in inserted)
+                if changes:
+                    devices.filter(pk__gt=last, pk__lte=upto, is_active=True).update(**changes)
+                _count_chunk(action_id, inserted)
+        backlog += sorted(device_id for device_id, state in inserted if state == DeliveryState.PENDING)
+        finished = len(inserted) < EXPAND_CHUNK
+        ready = len(backlog) if finished else len(backlog) - len(backlog) % size
+        _enqueue_batches(action_id, backlog[:ready])
+        backlog = backlog[ready:]
+        if finished:
             break
-        last = bound
+        last = upto
     DeviceAction.objects.filter(pk=action_id, state=ActionState.EXPANDING).update(
         state=ActionState.DISPATCHING
     )
     _finish_if_settled(action_id)
 
 
-def _insert_deliveries(action: DeviceAction, devices: QuerySet[Device], rules: list[Rule]) -> int:
-    """INSERT ... SELECT: every delivery row built by the database, classified by `rules`."""
+def _insert_deliveries(
+    action: DeviceAction, devices: QuerySet[Device], rules: list[Rule], *, after: int, limit: int
+) -> list[tuple[int, str]]:
+    """INSERT ... SELECT of the next `limit` devices after id `after`: every delivery row built by
+    the database, classified by `rules`. Returns (device_id, state) of the rows inserted."""
     default_state, default_reason = _default_outcome(action.kind)
     state = Case(
         *(When(rule.when, then=Value(rule.state.value)) for rule in rules),
@@ -368,7 +378,7 @@ def _insert_deliveries(action: DeviceAction, devices: QuerySet[Device], rules: l
         output_field=DateTimeField(),
     )
     select = (
-        devices.order_by()
+        devices.filter(pk__gt=after)
         .annotate(
             _action=Value(action.pk, output_field=IntegerField()),
             _state=state,
@@ -376,34 +386,26 @@ def _insert_deliveries(action: DeviceAction, devices: QuerySet[Device], rules: l
             _attempts=Value(0, output_field=IntegerField()),
             _finished=finished,
         )
-        .values_list("_action", "pk", "uuid", "name", "_state", "_reason", "_attempts", "_finished")
+        .order_by("pk")
+        .values_list("_action", "pk", "uuid", "name", "_state", "_reason", "_attempts", "_finished")[:limit]
     )
     sql, params = select.query.sql_with_params()
     table = ActionDelivery._meta.db_table
     with connection.cursor() as cursor:
         cursor.execute(
             f"INSERT INTO {table} (action_id, device_id, device_uuid, device_name, state, reason, attempts, finished_at) "
-            f"{sql}",
+            f"{sql} RETURNING device_id, state",
             params,
         )
-        return cursor.rowcount
+        return cursor.fetchall()
 
 
-def _count_chunk(action_id: int, after: int, upto: int | None) -> list[int]:
-    """Add the chunk's per-state counts to the action; return its pending device ids in order."""
-    rows = ActionDelivery.objects.filter(action_id=action_id, device_id__gt=after)
-    if upto is not None:
-        rows = rows.filter(device_id__lte=upto)
-    counts = dict(rows.order_by().values_list("state").annotate(n=Count("id")).values_list("state", "n"))
-    if counts:
-        updates = {f"{state}_count": F(f"{state}_count") + n for state, n in counts.items()}
-        DeviceAction.objects.filter(pk=action_id).update(
-            target_count=F("target_count") + sum(counts.values()), **updates
-        )
-    if not counts.get(DeliveryState.PENDING):
-        return []
-    return list(
-        rows.filter(state=DeliveryState.PENDING).order_by("device_id").values_list("device_id", flat=True)
+def _count_chunk(action_id: int, inserted: list[tuple[int, str]]) -> None:
+    """Add a chunk's deliveries to the action's per-state counters: one UPDATE."""
+    counts = Counter(state for _, state in inserted)
+    DeviceAction.objects.filter(pk=action_id).update(
+        target_count=F("target_count") + len(inserted),
+        **{f"{state}_count": F(f"{state}_count") + n for state, n in counts.items()},
     )
 
 

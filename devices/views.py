@@ -10,7 +10,7 @@ from django.http import Http404, HttpResponseBadRequest, QueryDict
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_POST
-from django_htmx.http import HttpResponseClientRedirect
+from django_htmx.http import HttpResponseClientRedirect, push_url
 
 from devices import services
 from devices.filters import DeviceFilter, filtered_devices, list_querystring
@@ -49,7 +49,11 @@ def device_list(request):
         "querystring": list_querystring(request.GET),
     }
     if request.htmx and request.htmx.target == "device-table":
-        return render(request, "devices/list.html#device-table", context)
+        response = render(request, "devices/list.html#device-table", context)
+        if request.htmx.trigger == "device-search":  # the address bar gets the filters, not the blanks
+            query = context["querystring"]
+            push_url(response, reverse("devices:list") + (f"?{query}" if query else ""))
+        return response
     return render(request, "devices/list.html", context)
 
 

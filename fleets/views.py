@@ -7,7 +7,7 @@ from django.http import HttpResponse, JsonResponse, QueryDict
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_POST
-from django_htmx.http import HttpResponseClientRedirect, trigger_client_event
+from django_htmx.http import HttpResponseClientRedirect, push_url, trigger_client_event
 
 from devices import services
 from devices.filters import DeviceFilter, filtered_devices, list_querystring
@@ -72,7 +72,10 @@ def fleet_detail(request, fleet_id):
         "active_view": next((view for view in saved_views if view.query == querystring), None),
     }
     if request.htmx and request.htmx.target == "device-table":
-        return render(request, "fleets/detail.html#device-table", context)
+        response = render(request, "fleets/detail.html#device-table", context)
+        if request.htmx.trigger == "device-filters":  # the address bar gets the filters, not the blanks
+            push_url(response, _device_list_url(fleet, querystring))
+        return response
     return render(request, "fleets/detail.html", context)
 
 

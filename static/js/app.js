@@ -29,7 +29,8 @@
  *                                     the first time something is selected, then kept for that
  *                                     selection key (a page never pays for counting until then)
  *     [data-select-clear]             clears the selection
- *   input[type=hidden][name=all_matching]  set to "1" when all M matching are selected, else ""
+ *   input[type=hidden][name=all_matching]  set to "1" when all M matching are selected, else "";
+ *                                     a form submitted with all_matching=1 sends no ids (the filter says it)
  *   [data-selection-required]         disabled while nothing is selected
  *   The table, bar and hidden input share a scope: the closest [data-selection-scope], else the
  *   closest <form>. Selected ids of rows no longer on the page are kept as hidden name=ids inputs.
@@ -362,6 +363,11 @@
       renderSelection(table);
     }
   });
+
+  // "All M matching" travels as the filter: the ids ticked on this page stay out of the request.
+  document.addEventListener("formdata", function (e) {
+    if (e.formData.get("all_matching") === "1") e.formData.delete("ids");
+  }, true);
 
   document.addEventListener("click", function (e) {
     var btn = e.target.closest && e.target.closest("[data-select-all-matching], [data-select-clear]");

@@ -109,6 +109,15 @@ class TestPaging:
         assert 'hx-boost="true" hx-target="#device-table"' in html
         assert 'href="?status=online&amp;after=' in html and 'href="?status=online&amp;last=1"' in html
 
+    def test_a_filter_change_puts_only_the_filters_in_the_address_bar(self, client, p, fleet_of_55):
+        client.force_login(p.observer)
+        headers = {"HX-Request": "true", "HX-Target": "device-table", "HX-Trigger": "device-filters"}
+        params = {"q": "", "status": "online", "os_op": "eq", "os_version": "", "sort": "name"}
+        response = client.get(f"/fleets/{p.fleet.pk}/", params, headers=headers)
+        assert response["HX-Push-Url"] == f"/fleets/{p.fleet.pk}/?status=online"
+        refresh = client.get(f"/fleets/{p.fleet.pk}/", params, headers=headers | {"HX-Trigger": "device-table"})
+        assert "HX-Push-Url" not in refresh  # the 10 s refresh leaves history alone
+
     def test_a_cursor_that_is_not_ours_shows_the_first_page(self, client, p, fleet_of_55):
         client.force_login(p.observer)
         page = client.get(f"/fleets/{p.fleet.pk}/", {"before": "garbage"}).context["page"]

@@ -21,7 +21,7 @@ from django.db import connection, transaction
 from django.utils import timezone
 
 from devices.catalog import create_catalog
-from devices.models import AgentStatus, Device, DeviceType, HostOSRelease
+from devices.models import ActionDelivery, AgentStatus, Device, DeviceAction, DeviceType, HostOSRelease
 from devices.versions import version_key
 from fleets import services as fleet_services
 from fleets.catalog import create_fleet_types
@@ -130,7 +130,7 @@ def seed_devices(fleets: list[Fleet], size: int) -> None:
     rng.shuffle(owners)
     now = timezone.now()
     with transaction.atomic():
-        Device.objects.filter(fleet__in=fleets).delete()
+        _delete_devices(fleets)
         batch = []
         for fleet in owners:
             batch.append(_device(rng, fleet, types, commits, now))
@@ -138,6 +138,20 @@ def seed_devices(fleets: list[Fleet], size: int) -> None:
                 Device.objects.bulk_create(batch)
                 batch = []
         Device.objects.bulk_create(batch)
+
+
+def _delete_devices(fleets: list[Fleet]) -> None:
+    """The bench's own rows, in three statements: Django's delete() would load 200,000 devices to
+    set DeviceAction.device to NULL one collection at a time."""
+    ids = [fleet.pk for fleet in fleets]
+    marks = ", ".join(["%s"] * len(ids))
+    devices = f"SELECT id FROM {Device._meta.db_table} WHERE fleet_id IN ({marks})"
+    with connection.cursor() as cursor:
+        cursor.execute(f"DELETE FROM {ActionDelivery._meta.db_table} WHERE device_id IN ({devices})", ids)
+        cursor.execute(
+            f"UPDATE {DeviceAction._meta.db_table} SET device_id = NULL WHERE device_id IN ({devices})", ids
+        )
+        cursor.execute(f"DELETE FROM {Device._meta.db_table} WHERE fleet_id IN ({marks})", ids)
 
 
 def _device(rng: random.Random, fleet: Fleet, types: dict, commits: list[str], now) -> Device:

@@ -33,6 +33,25 @@ def test_it_shows_every_device_field_services_and_volumes(client, p, device):
         assert text in html
 
 
+def test_it_shows_the_target_state_and_the_agent_api(client, p):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    device = make_device(
+        p.fleet, local_mode=True, lock_override=True, update_lock_held=True, target_os_version="2.95.12",
+        api_address="http://10.0.0.9:48484", ip_address="10.0.0.9", public_url_enabled=True,
+        support_access_until=timezone.now() + timedelta(days=1), release_commit="abcdef1234567",
+    )  # fmt: skip
+    client.force_login(p.observer)
+    html = client.get(f"/devices/{device.uuid}/").content.decode()
+    for text in ["Local mode", "the cloud release is ignored", "Held by a service", "override on", "2.95.12",
+                 "http://10.0.0.9:48484", "10.0.0.9", device.public_url, "abcdef1", "Support access"]:  # fmt: skip
+        assert text in html, text
+    retired = make_device(p.fleet, is_active=False, deactivated_at=timezone.now(), online=False)
+    assert "Deactivated" in client.get(f"/devices/{retired.uuid}/").content.decode()
+
+
 def test_an_observer_sees_no_action_controls(client, p, device):
     client.force_login(p.observer)
     html = client.get(f"/devices/{device.uuid}/").content.decode()

@@ -111,6 +111,8 @@ class Device(models.Model):
             # A fleet's devices in id order: the action engine's chunks (INSERT ... SELECT ... ORDER
             # BY id LIMIT n) read this index instead of filtering the whole table's primary key.
             models.Index(fields=["fleet", "id"], name="device_fleet_id"),
+            # The device search across fleets, by name: walked in order, stops after a page.
+            models.Index(fields=["name", "id"], name="device_name"),
             models.Index(fields=["fleet", "last_seen_at", "id"], name="device_fleet_seen"),
             models.Index(fields=["fleet", "os_version_key"], name="device_fleet_os"),
         ]

@@ -13,6 +13,8 @@ ROWS = [
     ("device_list.filtered_page.median_ms", "device list, filtered page: median ms"),
     ("device_list.last_page.median_ms", "device list, last page: median ms"),
     ("device_list.filtered_partial.median_ms", "device list, filtered htmx partial: median ms"),
+    ("device_list.search_page.median_ms", "device list, selective name search (info): median ms"),
+    ("device_list.all_fleets_page.median_ms", "device search across fleets, first page (info): median ms"),
     ("fleet_summary.median_ms", "fleet summary counts, per page view (cached): median ms"),
     ("fleet_summary.count_queries", "fleet summary: COUNT queries per page view"),
     ("fleet_summary.cold_ms", "fleet summary counts, cold (the COUNT): median ms"),

@@ -10,6 +10,7 @@ import json
 import pytest
 from django.core.management import call_command
 
+# Transactional: VACUUM cannot run inside a transaction, and the POST enqueues on commit.
 pytestmark = pytest.mark.django_db(transaction=True)
 
 ISSUE_3 = [

@@ -115,7 +115,9 @@ class TestPaging:
         params = {"q": "", "status": "online", "os_op": "eq", "os_version": "", "sort": "name"}
         response = client.get(f"/fleets/{p.fleet.pk}/", params, headers=headers)
         assert response["HX-Push-Url"] == f"/fleets/{p.fleet.pk}/?status=online"
-        refresh = client.get(f"/fleets/{p.fleet.pk}/", params, headers=headers | {"HX-Trigger": "device-table"})
+        refresh = client.get(
+            f"/fleets/{p.fleet.pk}/", params, headers=headers | {"HX-Trigger": "device-table"}
+        )
         assert "HX-Push-Url" not in refresh  # the 10 s refresh leaves history alone
 
     def test_a_cursor_that_is_not_ours_shows_the_first_page(self, client, p, fleet_of_55):

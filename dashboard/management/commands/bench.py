@@ -131,9 +131,11 @@ class Command(BaseCommand):
                 log("Select all matching")
                 scenarios.measure_select_all(benches, max(3, repeat // 2), results, log)
             if not options["skip_engine"]:
-                log("Baselines: pipelined LPUSH, bulk INSERT ... SELECT")
+                log("Baseline: pipelined LPUSH")
                 scenarios.measure_baselines(benches, results, broker_client)
-                log("Restart of a whole fleet: POST, expansion, messages, progress")
+                log(
+                    "Restart of a whole fleet: POST, expansion beside a bare bulk insert (best of 3 each), messages, progress"
+                )
                 scenarios.measure_restart(benches, max(3, repeat // 2), results, broker, log)
         found = report.goals(results, sizes)
         results["goals.passed"] = sum(g.passed for g in found)

@@ -53,15 +53,27 @@ class DeviceFilter(django_filters.FilterSet):
     )
     os_version = django_filters.CharFilter(method="filter_os_version", label="Version")
     os_op = django_filters.ChoiceFilter(
-        choices=[("eq", "equal to"), ("lt", "older than")], method="filter_noop", label="Host OS",
+        choices=[("eq", "equal to"), ("lt", "older than")],
+        method="filter_noop",
+        label="Host OS",
         empty_label=None,
     )
     agent_version = django_filters.CharFilter(method="filter_agent_version", label="Agent version")
-    public_url = django_filters.ChoiceFilter(choices=YES_NO, method="filter_flag", label="Public URL", empty_label="Any")
-    local_mode = django_filters.ChoiceFilter(choices=YES_NO, method="filter_flag", label="Local mode", empty_label="Any")
-    lock_held = django_filters.ChoiceFilter(choices=YES_NO, method="filter_flag", label="Update lock", empty_label="Any")
+    public_url = django_filters.ChoiceFilter(
+        choices=YES_NO, method="filter_flag", label="Public URL", empty_label="Any"
+    )
+    local_mode = django_filters.ChoiceFilter(
+        choices=YES_NO, method="filter_flag", label="Local mode", empty_label="Any"
+    )
+    lock_held = django_filters.ChoiceFilter(
+        choices=YES_NO, method="filter_flag", label="Update lock", empty_label="Any"
+    )
 
-    FLAG_FIELDS = {"public_url": "public_url_enabled", "local_mode": "local_mode", "lock_held": "update_lock_held"}
+    FLAG_FIELDS = {
+        "public_url": "public_url_enabled",
+        "local_mode": "local_mode",
+        "lock_held": "update_lock_held",
+    }
 
     class Meta:
         model = Device
@@ -97,7 +109,32 @@ class DeviceFilter(django_filters.FilterSet):
         return queryset
 
 
-def filtered_devices(queryset: QuerySet[Device], query: str | QueryDict) -> tuple[QuerySet[Device], DeviceFilter]:
+LIST_PARAMS = (*DeviceFilter.base_filters, "sort")
+
+
+def list_querystring(params) -> str:
+    """The filters and sort of a device list in one canonical form: no paging, no blanks, a fixed order.
+
+    What a selection carries into its confirmation step, what a saved view stores, and how the page
+    recognises the saved view it is showing.
+    """
+    from devices.selectors import DEFAULT_SORT, DEVICE_SORTS
+
+    kept = QueryDict(mutable=True)
+    for key in LIST_PARAMS:
+        value = (params.get(key) or "").strip()
+        if value:
+            kept[key] = value
+    if "os_version" not in kept or kept.get("os_op") == "eq":
+        kept.pop("os_op", None)
+    if kept.get("sort") not in DEVICE_SORTS or kept.get("sort") == DEFAULT_SORT:
+        kept.pop("sort", None)
+    return kept.urlencode()
+
+
+def filtered_devices(
+    queryset: QuerySet[Device], query: str | QueryDict
+) -> tuple[QuerySet[Device], DeviceFilter]:
     """Apply a filter querystring to an already-scoped queryset. Invalid filters raise ValueError."""
     data = QueryDict(query) if isinstance(query, str) else query
     device_filter = DeviceFilter(data, queryset=queryset)

@@ -61,8 +61,9 @@ class Sort:
     fields: tuple[str, ...]
     descending: bool = False
 
-    def order_by(self) -> list[str]:
-        return [f"-{f}" if self.descending else f for f in self.fields]
+    def order_by(self, reverse: bool = False) -> list[str]:
+        """The ORDER BY of this sort, or of its exact reverse (to read a list from its end)."""
+        return [f"-{f}" if self.descending != reverse else f for f in self.fields]
 
 
 DEVICE_SORTS = {
@@ -73,6 +74,13 @@ DEVICE_SORTS = {
         Sort("last_seen", "Last seen, oldest first", ("last_seen_at", "id")),
     ]
 }
+
+
+DEFAULT_SORT = "name"
+
+
+def sort_for(params) -> Sort:
+    return DEVICE_SORTS.get(params.get("sort") or DEFAULT_SORT, DEVICE_SORTS[DEFAULT_SORT])
 
 
 def encode_cursor(values: list) -> str:
@@ -103,29 +111,94 @@ def decode_cursor(cursor: str, sort: Sort) -> list | None:
 
 @dataclass
 class Page:
+    """One page of a keyset-paginated list, with the cursors of its neighbours.
+
+    `next_cursor` goes in `after=` (the page that follows), `previous_cursor` in `before=` (the page
+    that precedes); None when there is no such page.
+    """
+
     rows: list
     next_cursor: str | None
-    has_previous: bool
+    previous_cursor: str | None = None
+
+    @property
+    def has_previous(self) -> bool:
+        return self.previous_cursor is not None
+
+    @property
+    def has_next(self) -> bool:
+        return self.next_cursor is not None
 
 
-def keyset_page(queryset: QuerySet, sort: Sort, cursor: str | None, size: int) -> Page:
-    """One page after `cursor` in `sort` order: one query, as fast on page 2,000 as on page 1."""
-    after = decode_cursor(cursor, sort) if cursor else None
-    if after is not None:
-        queryset = queryset.filter(
-            RowCompare(
-                Row(*(F(f) for f in sort.fields)),
-                "<" if sort.descending else ">",
-                Row(*(Value(v) for v in after)),
-            )
-        )
-    rows = list(queryset.order_by(*sort.order_by())[: size + 1])
-    next_cursor = None
-    if len(rows) > size:
-        rows = rows[:size]
-        last = rows[-1]
-        next_cursor = encode_cursor([getattr(last, f) for f in sort.fields])
-    return Page(rows=rows, next_cursor=next_cursor, has_previous=after is not None)
+def _beyond(sort: Sort, row: list, forward: bool) -> RowCompare:
+    """Rows after `row` in `sort` order (forward) or before it (backwards): one row-value comparison."""
+    op = "<" if sort.descending == forward else ">"
+    return RowCompare(Row(*(F(f) for f in sort.fields)), op, Row(*(Value(v) for v in row)))
+
+
+def keyset_page(
+    queryset: QuerySet, sort: Sort, size: int, *, after: str | None = None, before: str | None = None,
+    last: bool = False,
+) -> Page:  # fmt: skip
+    """One page in `sort` order: the first, the one after or before a cursor, or the last.
+
+    One query whichever it is: the page before a cursor, and the last page, read the index backwards
+    (ORDER BY reversed, LIMIT size + 1) and turn the rows round, so the last page of 100,000 rows
+    costs what the first does. A cursor that is not one of ours is ignored (first page).
+    """
+    after_row = decode_cursor(after, sort) if after else None
+    before_row = decode_cursor(before, sort) if before and after_row is None else None
+    backwards = before_row is not None or (last and after_row is None)
+    if after_row is not None:
+        queryset = queryset.filter(_beyond(sort, after_row, forward=True))
+    elif before_row is not None:
+        queryset = queryset.filter(_beyond(sort, before_row, forward=False))
+    rows = list(queryset.order_by(*sort.order_by(reverse=backwards))[: size + 1])
+    more = len(rows) > size
+    rows = rows[:size]
+    if backwards:
+        rows.reverse()
+        has_previous, has_next = more, before_row is not None
+    else:
+        has_previous, has_next = after_row is not None, more
+    if not rows:
+        return Page(rows=[], next_cursor=None, previous_cursor=None)
+    return Page(
+        rows=rows,
+        next_cursor=_cursor_of(rows[-1], sort) if has_next else None,
+        previous_cursor=_cursor_of(rows[0], sort) if has_previous else None,
+    )
+
+
+def keyset_page_for(queryset: QuerySet, sort: Sort, size: int, params) -> Page:
+    """keyset_page with the cursor taken from a request's query parameters (after, before, last)."""
+    return keyset_page(
+        queryset,
+        sort,
+        size,
+        after=params.get("after"),
+        before=params.get("before"),
+        last=params.get("last") == "1",
+    )
+
+
+def _cursor_of(row, sort: Sort) -> str:
+    return encode_cursor([getattr(row, f) for f in sort.fields])
+
+
+# --- Saved views --------------------------------------------------------------------------------
+
+SAVED_VIEWS_SHOWN = 100
+
+
+def saved_views_of(fleet, user) -> list:
+    """A fleet's saved views for its list page: the user's own first, then other members' (by name)."""
+    from devices.models import SavedView
+
+    views = list(
+        SavedView.objects.filter(fleet=fleet).select_related("owner").order_by("name")[:SAVED_VIEWS_SHOWN]
+    )
+    return sorted(views, key=lambda view: view.owner_id != user.pk)
 
 
 # --- Fleet device counts -------------------------------------------------------------------------
@@ -168,7 +241,9 @@ def fleet_counts(fleet_id: int) -> dict:
         return _count(fleet_id)
     if counts is None:
         return compute_fleet_counts(fleet_id)
-    if time.time() - counts["computed_at"] > COUNTS_FRESH_S and cache.add(f"{_counts_key(fleet_id)}:lock", 1, 30):
+    if time.time() - counts["computed_at"] > COUNTS_FRESH_S and cache.add(
+        f"{_counts_key(fleet_id)}:lock", 1, 30
+    ):
         from devices.tasks import refresh_fleet_counts
 
         try:

@@ -6,18 +6,18 @@ from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
 from django.db import transaction
 from django.db.models import QuerySet
-from django.http import Http404, HttpResponseBadRequest
+from django.http import Http404, HttpResponseBadRequest, QueryDict
 from django.shortcuts import get_object_or_404, redirect, render
 from django.template.defaultfilters import pluralize
 from django.urls import reverse
 from django.utils import timezone
 from django.utils.module_loading import import_string
 from django.views.decorators.http import require_POST
-from django_htmx.http import HttpResponseClientRedirect
+from django_htmx.http import HttpResponseClientRedirect, push_url
 
 from devices import public_url, services
 from devices.exports import OUTCOMES_CSV_HEADER, csv_response, outcome_csv_rows
-from devices.filters import DeviceFilter, filtered_devices
+from devices.filters import DeviceFilter, filtered_devices, list_querystring
 from devices.models import (
     OPEN_DELIVERY_STATES,
     ActionDelivery,
@@ -27,7 +27,7 @@ from devices.models import (
     DeviceAction,
     OfflinePolicy,
 )
-from devices.selectors import DEVICE_SORTS, Sort, keyset_page
+from devices.selectors import DEVICE_SORTS, Sort, keyset_page_for, sort_for
 from fleets.models import Fleet, FleetRole
 from fleets.selectors import device_for_user, devices_for_user, fleet_for_user
 
@@ -43,14 +43,21 @@ def device_list(request):
     visible = devices_for_user(request.user).select_related("device_type", "fleet", "fleet__organization")
     device_filter = DeviceFilter(request.GET, queryset=visible)
     devices = device_filter.qs if device_filter.is_valid() else visible.none()
-    sort = DEVICE_SORTS.get(request.GET.get("sort", "name"), DEVICE_SORTS["name"])
-    page = keyset_page(devices, sort, request.GET.get("after"), DEVICE_PAGE_SIZE)
-    params = request.GET.copy()
-    params.pop("after", None)
-    context = {"filter": device_filter, "page": page, "sort": sort, "sorts": DEVICE_SORTS.values(),
-               "querystring": params.urlencode()}
+    sort = sort_for(request.GET)
+    page = keyset_page_for(devices, sort, DEVICE_PAGE_SIZE, request.GET)
+    context = {
+        "filter": device_filter,
+        "page": page,
+        "sort": sort,
+        "sorts": DEVICE_SORTS.values(),
+        "querystring": list_querystring(request.GET),
+    }
     if request.htmx and request.htmx.target == "device-table":
-        return render(request, "devices/list.html#device-table", context)
+        response = render(request, "devices/list.html#device-table", context)
+        if request.htmx.trigger == "device-search":  # the address bar gets the filters, not the blanks
+            query = context["querystring"]
+            push_url(response, reverse("devices:list") + (f"?{query}" if query else ""))
+        return response
     return render(request, "devices/list.html", context)
 
 
@@ -116,13 +123,14 @@ class Target:
     device: Device | None = None
     selection: dict | None = None
     filter_query: str = ""
+    selected: int | None = None  # how many devices, once something had to count them
 
-    def confirm_text(self, preview: services.Preview) -> str:
-        if self.scope == ActionScope.DEVICE:
-            return self.device.name
-        if self.scope == ActionScope.FLEET:
-            return self.fleet.name
-        return str(preview.selected)
+    def count(self) -> int:
+        """How many devices are selected: known for ticked ids, one COUNT for a filter or the fleet."""
+        if self.selected is None:
+            ids = (self.selection or {}).get("ids")
+            self.selected = len(ids) if ids is not None else self.devices.count()
+        return self.selected
 
     @property
     def scope_label(self) -> str:
@@ -130,12 +138,23 @@ class Target:
             self.scope, "a selection of devices"
         )
 
-    def what(self, preview: services.Preview) -> str:
+    def confirm_text(self) -> str:
         if self.scope == ActionScope.DEVICE:
             return self.device.name
         if self.scope == ActionScope.FLEET:
-            return f"all {preview.selected:,} devices of {self.fleet.name}"
-        return f"{preview.selected:,} selected device{pluralize(preview.selected)} of {self.fleet.name}"
+            return self.fleet.name
+        return str(self.count())
+
+    def what(self) -> str:
+        if self.scope == ActionScope.DEVICE:
+            return self.device.name
+        if self.scope == ActionScope.FLEET:
+            if self.selected is None:
+                return f"every device of {self.fleet.name}"
+            return f"all {self.selected:,} devices of {self.fleet.name}"
+        if self.selected is None:
+            return f"the selected devices of {self.fleet.name}"
+        return f"{self.selected:,} selected device{pluralize(self.selected)} of {self.fleet.name}"
 
 
 class BadSelection(Exception):
@@ -150,7 +169,7 @@ def _selection_target(fleet: Fleet, data) -> Target:
     """
     fleet_devices = Device.objects.filter(fleet=fleet)
     if data.get("all_matching") == "1":
-        query = data.get("filter", "")
+        query = list_querystring(QueryDict(data.get("filter", "")))
         try:
             devices, _ = filtered_devices(fleet_devices, query)
         except ValueError as error:
@@ -164,14 +183,21 @@ def _selection_target(fleet: Fleet, data) -> Target:
     except ValueError:
         raise BadSelection("The selection is not a list of devices.") from None
     if len(ids) > MAX_SELECTED_IDS:
-        raise BadSelection(f"Select at most {MAX_SELECTED_IDS} devices by hand, or use “select all matching”.")
+        raise BadSelection(
+            f"Select at most {MAX_SELECTED_IDS} devices by hand, or use “select all matching”."
+        )
     found = fleet_devices.filter(pk__in=ids).count()
     if found != len(ids):
         raise BadSelection(
             f"{len(ids) - found} of the {len(ids)} selected devices are not in {fleet.name}; nothing was done."
         )
-    return Target(fleet, ActionScope.SELECTION, fleet_devices.filter(pk__in=ids), selection={"ids": ids},
-                  filter_query=data.get("filter", ""))
+    return Target(
+        fleet,
+        ActionScope.SELECTION,
+        fleet_devices.filter(pk__in=ids),
+        selection={"ids": ids},
+        filter_query=list_querystring(QueryDict(data.get("filter", ""))),
+    )
 
 
 def _spec_or_404(kind: str) -> services.ActionSpec:
@@ -218,8 +244,13 @@ def _params_form(request, spec: services.ActionSpec, target: Target):
 
 
 def _confirm_or_dispatch(request, spec: services.ActionSpec, target: Target):
-    """GET: the confirmation step (preview, parameters, offline policy, typed confirmation).
-    POST: check it all again and record the action."""
+    """GET: the confirmation step: what it does, the kind's choices, the preview (one aggregate over
+    the devices in scope), the offline policy, typed confirmation for destructive ones.
+
+    POST: checks it all again and records the action, without counting the scope again: a
+    fleet-wide action on 100,000 devices costs the same few queries as on one device (one EXISTS
+    for "can any device receive it", a COUNT only when the user typed a device count).
+    """
     if target.scope not in spec.scopes:
         return _refuse(request, target.fleet, f"{spec.label} cannot be applied to {target.scope_label}.")
     refusal = spec.check(target.device) if spec.check and target.device else None
@@ -227,34 +258,43 @@ def _confirm_or_dispatch(request, spec: services.ActionSpec, target: Target):
     policy = data.get("offline_policy", OfflinePolicy.ONLINE_ONLY)
     if policy not in OfflinePolicy.values:
         return HttpResponseBadRequest("Unknown offline policy.")
+    typed = target.scope in spec.typed_confirmation
     form = _params_form(request, spec, target)
     params = form.params() if form is not None and form.is_valid() else {}
-    preview = services.action_preview(kind=spec.kind, devices=target.devices, offline_policy=policy, params=params)
-    confirm_text = target.confirm_text(preview) if target.scope in spec.typed_confirmation else ""
-    context = {
-        "spec": spec,
-        "target": target,
-        "fleet": target.fleet,
-        "device": target.device,
-        "form": form,
-        "refusal": refusal,
-        "preview": preview,
-        "what": target.what(preview),
-        "confirm_text": confirm_text,
-        "ttl_choices": TTL_CHOICES,
-        "policies": OfflinePolicy.choices,
-        "policy": policy,
-        "form_action": request.path,
-    }
+
+    def confirmation(error=None, status=200):
+        preview = services.action_preview(
+            kind=spec.kind, devices=target.devices, offline_policy=policy, params=params
+        )
+        target.selected = preview.selected
+        context = {
+            "spec": spec,
+            "target": target,
+            "fleet": target.fleet,
+            "device": target.device,
+            "form": form,
+            "refusal": refusal,
+            "preview": preview,
+            "what": target.what(),
+            "confirm_text": target.confirm_text() if typed else "",
+            "ttl_choices": TTL_CHOICES,
+            "policies": OfflinePolicy.choices,
+            "policy": policy,
+            "form_action": request.path,
+            "error": error,
+        }
+        if error is None and request.htmx:
+            return render(request, "devices/action_confirm.html#dialog", context)
+        return render(request, "devices/action_confirm.html", context, status=status)
+
     if request.method != "POST":
-        template = "devices/action_confirm.html#dialog" if request.htmx else "devices/action_confirm.html"
-        return render(request, template, context)
+        return confirmation()
 
     error = refusal
     if not error and form is not None and not form.is_valid():
         error = "Check the choices above."
-    if not error and confirm_text and request.POST.get("confirm", "").strip() != confirm_text:
-        error = f"Type {confirm_text} exactly to confirm."
+    if not error and typed and request.POST.get("confirm", "").strip() != target.confirm_text():
+        error = f"Type {target.confirm_text()} exactly to confirm."
     ttl = None
     if not error and policy == OfflinePolicy.QUEUE:
         try:
@@ -264,11 +304,11 @@ def _confirm_or_dispatch(request, spec: services.ActionSpec, target: Target):
         else:
             if not timedelta(hours=1) <= ttl <= timedelta(days=7):
                 error = "Keep it between 1 hour and 7 days."
-    if not error and not preview.possible:
+    possible = services.action_possible(kind=spec.kind, devices=target.devices, offline_policy=policy, params=params)
+    if not error and not possible:
         error = "None of the selected devices can receive this action."
     if error:
-        context["error"] = error
-        return render(request, "devices/action_confirm.html", context, status=400)
+        return confirmation(error, status=400)
 
     with transaction.atomic():
         action = services.action_create(
@@ -283,7 +323,7 @@ def _confirm_or_dispatch(request, spec: services.ActionSpec, target: Target):
             ttl=ttl,
         )
     verb = "sent to" if spec.needs_agent_api else "applied to"
-    messages.success(request, f"{spec.label}: {verb} {target.what(preview)}.")
+    messages.success(request, f"{spec.label}: {verb} {target.what()}.")
     if target.scope == ActionScope.DEVICE and spec.kind != services.ActionKind.DELETE:
         url = reverse("devices:detail", args=[target.device.uuid])
     elif target.scope == ActionScope.DEVICE:
@@ -302,23 +342,21 @@ OUTCOME_SORT = Sort("device", "Device", ("device_id", "id"))
 def action_detail(request, fleet_id, action_id):
     fleet = fleet_for_user(request.user, fleet_id)
     action = get_object_or_404(DeviceAction.objects.select_related("device"), pk=action_id, fleet=fleet)
+    context = {"fleet": fleet, "access": fleet.access, "action": action}
+    if request.htmx and request.htmx.target == "action-progress":
+        # Polled every second while the action runs: the counters on the action row, nothing else.
+        return render(request, "devices/action_detail.html#progress", context)
     state = request.GET.get("state", "")
     outcomes = ActionDelivery.objects.filter(action=action)
     if state in DeliveryState.values:
         outcomes = outcomes.filter(state=state)
     if request.GET.get("format") == "csv":
         return csv_response(f"action-{action.pk}-outcomes.csv", OUTCOMES_CSV_HEADER, outcome_csv_rows(outcomes))
-    page = keyset_page(outcomes, OUTCOME_SORT, request.GET.get("after"), OUTCOME_PAGE_SIZE)
-    context = {
-        "fleet": fleet,
-        "access": fleet.access,
-        "action": action,
-        "page": page,
+    context |= {
+        "page": keyset_page_for(outcomes, OUTCOME_SORT, OUTCOME_PAGE_SIZE, request.GET),
         "state": state,
         "states": DeliveryState.choices,
     }
-    if request.htmx and request.htmx.target == "action-progress":
-        return render(request, "devices/action_detail.html#progress", context)
     if request.htmx and request.htmx.target == "outcomes":
         return render(request, "devices/action_detail.html#outcomes", context)
     return render(request, "devices/action_detail.html", context)
@@ -336,4 +374,3 @@ def action_cancel(request, fleet_id, action_id):
     else:
         messages.success(request, f"Cancelled: {cancelled:,} devices will not be sent the action.")
     return redirect("fleets:action", fleet.pk, action.pk)
-

@@ -113,16 +113,19 @@ def _support_rank(user, support_fields: tuple[str, ...]):
     live_grant = Q()
     for field in support_fields:
         live_grant |= Q(**{f"{field}__gt": now})
+    return Case(
+        When(live_grant & _is_support_staff(user), then=Value(ROLE_RANK[SUPPORT_ROLE])),
+        default=Value(0),
+        output_field=IntegerField(),
+    )
+
+
+def _is_support_staff(user) -> Exists:
     app_label, codename = SUPPORT_PERMISSION.split(".")
-    is_staff = Exists(
+    return Exists(
         Permission.objects.filter(content_type__app_label=app_label, codename=codename).filter(
             Q(user=user) | Q(group__user=user)
         )
-    )
-    return Case(
-        When(live_grant & is_staff, then=Value(ROLE_RANK[SUPPORT_ROLE])),
-        default=Value(0),
-        output_field=IntegerField(),
     )
 
 
@@ -155,14 +158,17 @@ def fleets_for_user(user, role: FleetRole = FleetRole.OBSERVER) -> QuerySet[Flee
 
 
 def devices_for_user(user, role: FleetRole = FleetRole.OBSERVER) -> QuerySet[Device]:
-    """Devices on whose fleet `user` holds at least `role`, plus devices under a live support grant."""
+    """Devices on whose fleet `user` holds at least `role`, plus devices under a live support grant.
+
+    The rank is worked out per fleet (a subquery over a handful of fleets), never per device: with
+    the rank computed for each of 200,000 devices the device search took 13 s to show a page.
+    """
     if not user.is_authenticated:
         return Device.objects.none()
-    return Device.objects.annotate(
-        user_rank=_rank(
-            user, fleet_ref="fleet_id", org_ref="fleet__organization_id", support_fields=DEVICE_SUPPORT_FIELDS
-        )
-    ).filter(user_rank__gte=ROLE_RANK[role])
+    visible = Q(fleet__in=fleets_for_user(user, role).values("pk"))
+    if ROLE_RANK[SUPPORT_ROLE] >= ROLE_RANK[role]:
+        visible |= Q(support_access_until__gt=timezone.now()) & _is_support_staff(user)
+    return Device.objects.filter(visible)
 
 
 def _access_from(obj) -> Access:

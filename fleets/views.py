@@ -4,17 +4,28 @@ from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.contrib.auth.models import User
 from django.core.exceptions import PermissionDenied
+from django.db import IntegrityError
 from django.db.models import Count, Sum
+from django.http import HttpResponse, JsonResponse, QueryDict
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.utils import timezone
 from django.views.decorators.http import require_POST
-from django_htmx.http import HttpResponseClientRedirect
+from django_htmx.http import HttpResponseClientRedirect, push_url, trigger_client_event
 
+from devices import services as device_services
 from devices.exports import ACTIVITY_CSV_HEADER, activity_csv_rows, csv_response
-from devices.filters import ActionFilter, DeviceFilter
-from devices.models import ActionKind, ActionScope, DeviceAction
-from devices.selectors import DEVICE_SORTS, Sort, fleet_counts, keyset_page
+from devices.filters import ActionFilter, DeviceFilter, filtered_devices, list_querystring
+from devices.forms import SavedViewForm
+from devices.models import ActionKind, ActionScope, DeviceAction, SavedView
+from devices.selectors import (
+    DEVICE_SORTS,
+    Sort,
+    fleet_counts,
+    keyset_page_for,
+    saved_views_of,
+    sort_for,
+)
 from devices.services import ACTIONS, ActionError
 from devices.views import DEVICE_PAGE_SIZE
 from fleets import services
@@ -83,12 +94,19 @@ def fleet_list(request):
 
 @login_required
 def fleet_detail(request, fleet_id):
-    """The fleet summary with its device list; htmx requests get just the table."""
+    """The fleet summary with its device list; htmx requests get just the table.
+
+    A constant number of queries at any fleet size: the counts come from the cache, the page is one
+    keyset query, and how many devices match the filters is only counted when someone starts a
+    selection (fleet_device_count).
+    """
     fleet = fleet_for_user(request.user, fleet_id)
     device_filter = DeviceFilter(request.GET, queryset=fleet.devices.select_related("device_type"))
-    sort = DEVICE_SORTS.get(request.GET.get("sort", "name"), DEVICE_SORTS["name"])
+    sort = sort_for(request.GET)
     devices = device_filter.qs if device_filter.is_valid() else fleet.devices.none()
-    page = keyset_page(devices, sort, request.GET.get("after"), DEVICE_PAGE_SIZE)
+    page = keyset_page_for(devices, sort, DEVICE_PAGE_SIZE, request.GET)
+    querystring = list_querystring(request.GET)
+    saved_views = saved_views_of(fleet, request.user)
     context = {
         "fleet": fleet,
         "access": fleet.access,
@@ -103,19 +121,70 @@ def fleet_detail(request, fleet_id):
             for spec in ACTIONS.values()
             if ActionScope.SELECTION in spec.scopes and fleet.access.allows(spec.role_for(ActionScope.SELECTION))
         ],
-        "querystring": _filter_querystring(request.GET),
+        "querystring": querystring,
+        "saved_views": saved_views,
+        "active_view": next((view for view in saved_views if view.query == querystring), None),
     }
     if request.htmx and request.htmx.target == "device-table":
-        return render(request, "fleets/detail.html#device-table", context)
+        response = render(request, "fleets/detail.html#device-table", context)
+        if request.htmx.trigger == "device-filters":  # the address bar gets the filters, not the blanks
+            push_url(response, _device_list_url(fleet, querystring))
+        return response
     return render(request, "fleets/detail.html", context)
 
 
-def _filter_querystring(params) -> str:
-    """The filter part of the query (no paging), to carry into a selection or a saved view."""
-    params = params.copy()
-    for key in ("after", "ids", "all_matching"):
-        params.pop(key, None)
-    return params.urlencode()
+@login_required
+def fleet_device_count(request, fleet_id):
+    """How many devices match the list's filters: one COUNT, asked for only when a selection starts,
+    so that "select all N matching" can say N without the list paying for it on every view."""
+    fleet = fleet_for_user(request.user, fleet_id)
+    try:
+        devices, _ = filtered_devices(fleet.devices.all(), request.GET)
+    except ValueError as error:
+        return JsonResponse({"error": str(error)}, status=400)
+    return JsonResponse({"count": devices.count()})
+
+
+def _device_list_url(fleet, querystring: str) -> str:
+    url = reverse("fleets:detail", args=[fleet.pk])
+    return f"{url}?{querystring}" if querystring else url
+
+
+@login_required
+@require_POST
+def saved_view_create(request, fleet_id):
+    """Save the list's current filters under a name. Reading the fleet is enough: observers may too."""
+    fleet = fleet_for_user(request.user, fleet_id)
+    form = SavedViewForm(request.POST, fleet=fleet, owner=request.user)
+    if form.is_valid():
+        try:
+            view = device_services.saved_view_create(
+                fleet=fleet, owner=request.user, name=form.cleaned_data["name"], query=form.query
+            )
+        except IntegrityError:  # the same name saved twice at once
+            form.add_error("name", "You already have a view with this name in this fleet.")
+    if form.errors:
+        if request.htmx:  # the dialog stays open with what was typed; a toast says what is wrong
+            return trigger_client_event(
+                HttpResponse(status=204), "toast", {"level": "error", "message": form.first_error()}
+            )
+        messages.error(request, form.first_error())
+        return redirect(_device_list_url(fleet, form.query))
+    messages.success(request, f"Saved the view “{view.name}”.")
+    url = _device_list_url(fleet, view.query)
+    return HttpResponseClientRedirect(url) if request.htmx else redirect(url)
+
+
+@login_required
+@require_POST
+def saved_view_delete(request, fleet_id, view_id):
+    fleet = fleet_for_user(request.user, fleet_id)
+    view = get_object_or_404(SavedView, pk=view_id, fleet=fleet)
+    if view.owner_id != request.user.pk:
+        raise PermissionDenied("Only the member who saved a view can delete it.")
+    device_services.saved_view_delete(view=view, actor=request.user)
+    messages.success(request, f"Deleted the view “{view.name}”.")
+    return redirect(_device_list_url(fleet, list_querystring(QueryDict(request.POST.get("return_to", "")))))
 
 
 @dataclass
@@ -551,7 +620,7 @@ def fleet_activity(request, fleet_id):
     actions = action_filter.qs if action_filter.is_valid() else DeviceAction.objects.none()
     if request.GET.get("format") == "csv":
         return csv_response(f"{fleet.name}-activity.csv", ACTIVITY_CSV_HEADER, activity_csv_rows(actions))
-    page = keyset_page(actions, ACTIVITY_SORT, request.GET.get("after"), ACTIVITY_PAGE_SIZE)
+    page = keyset_page_for(actions, ACTIVITY_SORT, ACTIVITY_PAGE_SIZE, request.GET)
     params = request.GET.copy()
     params.pop("after", None)
     context = {

@@ -3,6 +3,7 @@
 - agent:  what the agent protocol changes (registration, state reports, the target state)
 - specs:  the action kinds, their roles, descriptions and confirmations
 - engine: the durable, batched dispatch path every action goes through
+- saved_views: named filter sets of a fleet's device list
 """
 
 from devices.keys import push_secret_for
@@ -22,6 +23,7 @@ from devices.services.engine import (
     action_deliver_range,
     action_deliver_waiting,
     action_expand,
+    action_possible,
     action_preview,
     action_record,
     action_record_result,
@@ -29,6 +31,7 @@ from devices.services.engine import (
     devices_nudge,
     scope_devices,
 )
+from devices.services.saved_views import saved_view_create, saved_view_delete
 from devices.services.specs import ACTIONS, ALL_SCOPES, PUSH_KINDS, ActionError, ActionSpec, Rule
 
 __all__ = [
@@ -47,6 +50,7 @@ __all__ = [
     "action_deliver_range",
     "action_deliver_waiting",
     "action_expand",
+    "action_possible",
     "action_preview",
     "action_record",
     "action_record_result",
@@ -56,6 +60,8 @@ __all__ = [
     "device_report_state",
     "device_target_state",
     "push_secret_for",
+    "saved_view_create",
+    "saved_view_delete",
     "scope_devices",
     "target_etag",
 ]

@@ -15,7 +15,7 @@ import asyncio
 import json
 import logging
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from datetime import timedelta
 
@@ -100,14 +100,9 @@ def action_preview(
 ) -> Preview:
     """How many devices an action would reach, and which are skipped and why: one aggregate query."""
     rules = _rules(ACTIONS[kind], params or {}, offline_policy, timezone.now())
-    rule_index = Case(
-        *(When(rule.when, then=Value(i)) for i, rule in enumerate(rules)),
-        default=Value(-1),
-        output_field=IntegerField(),
-    )
     counts = dict(
         devices.order_by()
-        .annotate(_rule=rule_index)
+        .annotate(_rule=_rule_index(rules))
         .values_list("_rule")
         .annotate(n=Count("id"))
         .values_list("_rule", "n")
@@ -124,6 +119,30 @@ def action_preview(
             if rule.state == DeliveryState.MISSED:
                 preview.offline += count
     return preview
+
+
+def action_possible(
+    *,
+    kind: str,
+    devices: QuerySet[Device],
+    offline_policy: str = OfflinePolicy.ONLINE_ONLY,
+    params: dict | None = None,
+) -> bool:
+    """Preview.possible without the preview: whether any of `devices` could get the action now or
+    later (anything but unsupported). One EXISTS query, which stops at the first such device, so
+    the POST of a fleet-wide action does not count 100,000 devices again."""
+    rules = _rules(ACTIONS[kind], params or {}, offline_policy, timezone.now())
+    possible = [-1, *(i for i, rule in enumerate(rules) if rule.state != DeliveryState.UNSUPPORTED)]
+    return devices.order_by().annotate(_rule=_rule_index(rules)).filter(_rule__in=possible).exists()
+
+
+def _rule_index(rules: list[Rule]) -> Case:
+    """The index of the first rule a device matches, -1 for none (it gets the default outcome)."""
+    return Case(
+        *(When(rule.when, then=Value(i)) for i, rule in enumerate(rules)),
+        default=Value(-1),
+        output_field=IntegerField(),
+    )
 
 
 def scope_devices(action: DeviceAction) -> QuerySet[Device]:
@@ -265,31 +284,32 @@ EXPAND_CHUNK = 10_000
 
 
 def action_expand(action_id: int) -> None:
-    """Turn an action's scope into deliveries, chunk by chunk, enqueueing batches as it goes."""
+    """Turn an action's scope into deliveries, chunk by chunk, enqueueing batches as it goes.
+
+    A chunk is one statement: INSERT ... SELECT the next EXPAND_CHUNK devices in id order ...
+    RETURNING device_id, state. The database builds and classifies the rows and says which
+    devices are pending, so nothing is read twice; pending devices are enqueued ACTION_BATCH_SIZE
+    at a time across chunk boundaries, ceil(pending / size) messages in all.
+    """
     claimed = DeviceAction.objects.filter(
         pk=action_id, state__in=[ActionState.QUEUED, ActionState.EXPANDING]
     ).update(state=ActionState.EXPANDING, started_at=timezone.now())
     if not claimed:
         return  # cancelled, or a duplicate message for an action already expanded
     action = DeviceAction.objects.get(pk=action_id)
-    devices = scope_devices(action).order_by("id")
-    # Resume after a crash: rows already inserted are skipped by starting after the last one.
-    last = (
-        ActionDelivery.objects.filter(action_id=action_id)
-        .order_by("-device_id")
-        .values_list("device_id", flat=True)
-        .first()
-        or 0
+    devices = scope_devices(action)
+    size = settings.ACTION_BATCH_SIZE
+    # Resume after a crash: rows already inserted are skipped by starting after the last one, and
+    # their pending devices are enqueued again (a batch claims its rows, so a repeat finds none).
+    done = ActionDelivery.objects.filter(action_id=action_id)
+    last = done.order_by("-device_id").values_list("device_id", flat=True).first() or 0
+    backlog = list(
+        done.filter(state=DeliveryState.PENDING).order_by("device_id").values_list("device_id", flat=True)
     )
     spec = ACTIONS[action.kind]
     rules = _rules(spec, action.params, action.offline_policy, action.created_at)
     default_state, _ = spec.default_outcome(action.params)
     while True:
-        bound = next(
-            iter(devices.filter(pk__gt=last).values_list("pk", flat=True)[EXPAND_CHUNK - 1 : EXPAND_CHUNK]),
-            None,
-        )
-        chunk = devices.filter(pk__gt=last) if bound is None else devices.filter(pk__gt=last, pk__lte=bound)
         with transaction.atomic():
             if (
                 not DeviceAction.objects.filter(pk=action_id, state=ActionState.EXPANDING)
@@ -297,38 +317,39 @@ def action_expand(action_id: int) -> None:
                 .exists()
             ):
                 return  # cancelled while expanding
-            _insert_deliveries(action, chunk, rules)
-            applied = _applied_devices(action, default_state, last, bound)
-            if not spec.needs_agent_api:
-                changes = spec.changes(action.params, action.created_at)
-                if changes:
-                    applied.update(**changes)
-                if spec.after:
-                    spec.after(action, applied)
-            pending_ids = _count_chunk(action_id, last, bound)
-            if spec.nudge:
-                nudge_ids = list(
-                    applied.filter(online_q(), agent_version_key__gte=AGENT_API_MIN).values_list(
-                        "pk", flat=True
-                    )
-                )
-                transaction.on_commit(lambda ids=nudge_ids: _enqueue_nudges(ids))
-        _enqueue_batches(action_id, pending_ids)
-        if bound is None:
+            inserted = _insert_deliveries(action, devices, rules, after=last, limit=EXPAND_CHUNK)
+            if inserted:
+                upto = max(device_id for device_id, _ in inserted)
+                _apply_setting(action, spec, [device_id for device_id, state in inserted if state == default_state])
+                _count_chunk(action_id, inserted)
+        backlog += sorted(device_id for device_id, state in inserted if state == DeliveryState.PENDING)
+        finished = len(inserted) < EXPAND_CHUNK
+        ready = len(backlog) if finished else len(backlog) - len(backlog) % size
+        _enqueue_batches(action_id, backlog[:ready])
+        backlog = backlog[ready:]
+        if finished:
             break
-        last = bound
+        last = upto
     DeviceAction.objects.filter(pk=action_id, state=ActionState.EXPANDING).update(
         state=ActionState.DISPATCHING
     )
     _finish_if_settled(action_id)
 
 
-def _applied_devices(action: DeviceAction, state: str, after: int, upto: int | None) -> QuerySet[Device]:
-    """The chunk's devices no rule skipped: those the action's change applies to."""
-    rows = ActionDelivery.objects.filter(action_id=action.pk, state=state, device_id__gt=after)
-    if upto is not None:
-        rows = rows.filter(device_id__lte=upto)
-    return Device.objects.filter(pk__in=rows.values("device_id"))
+def _apply_setting(action: DeviceAction, spec: ActionSpec, device_ids: list[int]) -> None:
+    """A setting's change on the devices no rule skipped, its after-hook, and the nudge that makes
+    online agents poll at once. Runs in the chunk's transaction."""
+    if spec.needs_agent_api or not device_ids:
+        return
+    applied = Device.objects.filter(pk__in=device_ids)
+    changes = spec.changes(action.params, action.created_at)
+    if changes:
+        applied.update(**changes)
+    if spec.nudge:
+        nudge_ids = list(applied.filter(online_q(), agent_version_key__gte=AGENT_API_MIN).values_list("pk", flat=True))
+        transaction.on_commit(lambda: _enqueue_nudges(nudge_ids))
+    if spec.after:
+        spec.after(action, applied)
 
 
 def _enqueue_nudges(device_ids: list[int]) -> None:
@@ -339,8 +360,11 @@ def _enqueue_nudges(device_ids: list[int]) -> None:
         nudge_devices.delay(device_ids[start : start + size])
 
 
-def _insert_deliveries(action: DeviceAction, devices: QuerySet[Device], rules: list[Rule]) -> int:
-    """INSERT ... SELECT: every delivery row built by the database, classified by `rules`."""
+def _insert_deliveries(
+    action: DeviceAction, devices: QuerySet[Device], rules: list[Rule], *, after: int, limit: int
+) -> list[tuple[int, str]]:
+    """INSERT ... SELECT of the next `limit` devices after id `after`: every delivery row built by
+    the database, classified by `rules`. Returns (device_id, state) of the rows inserted."""
     default_state, default_reason = ACTIONS[action.kind].default_outcome(action.params)
     state = Case(
         *(When(rule.when, then=Value(rule.state.value)) for rule in rules),
@@ -360,7 +384,7 @@ def _insert_deliveries(action: DeviceAction, devices: QuerySet[Device], rules: l
         output_field=DateTimeField(),
     )
     select = (
-        devices.order_by()
+        devices.filter(pk__gt=after)
         .annotate(
             _action=Value(action.pk, output_field=IntegerField()),
             _state=state,
@@ -368,34 +392,26 @@ def _insert_deliveries(action: DeviceAction, devices: QuerySet[Device], rules: l
             _attempts=Value(0, output_field=IntegerField()),
             _finished=finished,
         )
-        .values_list("_action", "pk", "uuid", "name", "_state", "_reason", "_attempts", "_finished")
+        .order_by("pk")
+        .values_list("_action", "pk", "uuid", "name", "_state", "_reason", "_attempts", "_finished")[:limit]
     )
     sql, params = select.query.sql_with_params()
     table = ActionDelivery._meta.db_table
     with connection.cursor() as cursor:
         cursor.execute(
             f"INSERT INTO {table} (action_id, device_id, device_uuid, device_name, state, reason, attempts, finished_at) "
-            f"{sql}",
+            f"{sql} RETURNING device_id, state",
             params,
         )
-        return cursor.rowcount
+        return cursor.fetchall()
 
 
-def _count_chunk(action_id: int, after: int, upto: int | None) -> list[int]:
-    """Add the chunk's per-state counts to the action; return its pending device ids in order."""
-    rows = ActionDelivery.objects.filter(action_id=action_id, device_id__gt=after)
-    if upto is not None:
-        rows = rows.filter(device_id__lte=upto)
-    counts = dict(rows.order_by().values_list("state").annotate(n=Count("id")).values_list("state", "n"))
-    if counts:
-        updates = {f"{state}_count": F(f"{state}_count") + n for state, n in counts.items()}
-        DeviceAction.objects.filter(pk=action_id).update(
-            target_count=F("target_count") + sum(counts.values()), **updates
-        )
-    if not counts.get(DeliveryState.PENDING):
-        return []
-    return list(
-        rows.filter(state=DeliveryState.PENDING).order_by("device_id").values_list("device_id", flat=True)
+def _count_chunk(action_id: int, inserted: list[tuple[int, str]]) -> None:
+    """Add a chunk's deliveries to the action's per-state counters: one UPDATE."""
+    counts = Counter(state for _, state in inserted)
+    DeviceAction.objects.filter(pk=action_id).update(
+        target_count=F("target_count") + len(inserted),
+        **{f"{state}_count": F(f"{state}_count") + n for state, n in counts.items()},
     )
 
 

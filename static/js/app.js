@@ -25,8 +25,12 @@
  *   [data-selection-bar]              shown while something is selected; inside it:
  *     [data-selection-count]          "N selected" / "All M matching selected"
  *     [data-select-all-matching]      "Select all M matching" (shown while M > N)
+ *       data-total-src="url"          M is not known up front: it is fetched (GET, JSON {"count": M})
+ *                                     the first time something is selected, then kept for that
+ *                                     selection key (a page never pays for counting until then)
  *     [data-select-clear]             clears the selection
- *   input[type=hidden][name=all_matching]  set to "1" when all M matching are selected, else ""
+ *   input[type=hidden][name=all_matching]  set to "1" when all M matching are selected, else "";
+ *                                     a form submitted with all_matching=1 sends no ids (the filter says it)
  *   [data-selection-required]         disabled while nothing is selected
  *   The table, bar and hidden input share a scope: the closest [data-selection-scope], else the
  *   closest <form>. Selected ids of rows no longer on the page are kept as hidden name=ids inputs.
@@ -231,7 +235,27 @@
     var holder = [table, scope.querySelector("[data-selection-bar]"), scope.querySelector("[data-select-all-matching]")]
       .filter(function (el) { return el && el.hasAttribute && el.hasAttribute("data-total"); })[0];
     var n = holder ? parseInt(holder.getAttribute("data-total"), 10) : NaN;
-    return isNaN(n) ? null : n;
+    if (isNaN(n)) n = stateOf(table).total;
+    return typeof n === "number" && !isNaN(n) ? n : null;
+  }
+
+  // Counts the rows matching the filters once per selection key, when a selection starts.
+  function loadTotal(table, scope, st) {
+    var src = scope.querySelector("[data-total-src]");
+    if (!src || st.loading || st.total !== undefined) return;
+    st.loading = true;
+    fetch(src.getAttribute("data-total-src"), { headers: { "Accept": "application/json" }, credentials: "same-origin" })
+      .then(function (r) { return r.ok ? r.json() : Promise.reject(r.status); })
+      .then(function (data) {
+        st.loading = false;
+        st.total = Number(data.count);
+        if (table.isConnected) renderSelection(table);
+        else qsa(document, "table[data-selectable]").forEach(renderSelection);
+      }, function () {
+        st.loading = false;
+        st.total = null; // not retried for this selection: "select all matching" stays hidden
+        showToast("warning", "Could not count the matching devices; select them page by page.");
+      });
   }
 
   function renderSelection(table) {
@@ -251,6 +275,7 @@
     }
     var total = totalOf(table, scope);
     var count = st.all && total !== null ? total : st.ids.size;
+    if (count > 0 && total === null) loadTotal(table, scope, st);
 
     // Ids chosen on other pages still need to be posted.
     var key = tableKey(table);
@@ -279,8 +304,11 @@
       if (label) label.textContent = st.all && total !== null ? "All " + fmt(total) + " matching selected" : fmt(count) + " selected";
       var all = bar.querySelector("[data-select-all-matching]");
       if (all) {
-        all.hidden = st.all || total === null || total <= count;
+        var counting = total === null && st.loading;
+        all.hidden = st.all || (total === null && !counting) || (total !== null && total <= count);
+        all.disabled = counting;
         if (total !== null) all.textContent = "Select all " + fmt(total) + " matching";
+        else if (counting) all.textContent = "Counting all matching…";
         all.setAttribute("aria-pressed", st.all ? "true" : "false");
       }
       qsa(bar, ".sep[data-for-select-all]").forEach(function (s) { s.hidden = all ? all.hidden : true; });
@@ -335,6 +363,11 @@
       renderSelection(table);
     }
   });
+
+  // "All M matching" travels as the filter: the ids ticked on this page stay out of the request.
+  document.addEventListener("formdata", function (e) {
+    if (e.formData.get("all_matching") === "1") e.formData.delete("ids");
+  }, true);
 
   document.addEventListener("click", function (e) {
     var btn = e.target.closest && e.target.closest("[data-select-all-matching], [data-select-clear]");

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from dashboard.embedded_redis import free_port
+from tests.factories import ensure_catalog
 
 BASE_DIR = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.integration
@@ -61,6 +62,7 @@ def _get(url: str) -> tuple[int, str]:
 def test_run_dashboard_serves_the_login_page_and_stops_cleanly(
     transactional_db, test_database_url, test_redis, tmp_path
 ):
+    ensure_catalog()  # on PostgreSQL seed_demo runs on the test database: an earlier flush emptied it
     port = free_port()
     env = os.environ | {"RUN_DIR": str(tmp_path / "run"), "PYTHONUNBUFFERED": "1"}
     # SQLite: a fresh database in the temporary RUN_DIR (a real first run: migrate, seed).

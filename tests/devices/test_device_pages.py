@@ -18,8 +18,15 @@ def device(p):
     return make_device(
         p.fleet,
         name="lobby-kiosk",
-        services=[{"name": "web", "image": "web:1", "status": "running", "container_id": "c0ffee" * 10 + "abcd",
-                   "holds_update_lock": False}],
+        services=[
+            {
+                "name": "web",
+                "image": "web:1",
+                "status": "running",
+                "container_id": "c0ffee" * 10 + "abcd",
+                "holds_update_lock": False,
+            }
+        ],
         volumes=[{"name": "resin-data", "files": 4, "bytes": 2048}],
     )
 
@@ -31,6 +38,25 @@ def test_it_shows_every_device_field_services_and_volumes(client, p, device):
     html = response.content.decode()
     for text in ["lobby-kiosk", device.uuid, "2.58.3", "1.4.0", "c0ffeec0ffee", "resin-data", "Online"]:
         assert text in html
+
+
+def test_it_shows_the_target_state_and_the_agent_api(client, p):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    device = make_device(
+        p.fleet, local_mode=True, lock_override=True, update_lock_held=True, target_os_version="2.95.12",
+        api_address="http://10.0.0.9:48484", ip_address="10.0.0.9", public_url_enabled=True,
+        support_access_until=timezone.now() + timedelta(days=1), release_commit="abcdef1234567",
+    )  # fmt: skip
+    client.force_login(p.observer)
+    html = client.get(f"/devices/{device.uuid}/").content.decode()
+    for text in ["Local mode", "the cloud release is ignored", "Held by a service", "override on", "2.95.12",
+                 "http://10.0.0.9:48484", "10.0.0.9", device.public_url, "abcdef1", "Support access"]:  # fmt: skip
+        assert text in html, text
+    retired = make_device(p.fleet, is_active=False, deactivated_at=timezone.now(), online=False)
+    assert "Deactivated" in client.get(f"/devices/{retired.uuid}/").content.decode()
 
 
 def test_an_observer_sees_no_action_controls(client, p, device):
@@ -97,7 +123,12 @@ class TestRebootConfirmation:
             response = client.post(f"/devices/{device.uuid}/actions/reboot/")
         assert response.status_code == 302 and response["Location"] == f"/devices/{device.uuid}/"
         action = DeviceAction.objects.get()
-        assert (action.kind, action.scope, action.device, action.actor) == ("reboot", "device", device, p.operator)
+        assert (action.kind, action.scope, action.device, action.actor) == (
+            "reboot",
+            "device",
+            device,
+            p.operator,
+        )
         assert len(callbacks) == 1  # dispatch is enqueued only after the commit
         assert not ActionDelivery.objects.exists()  # expansion happens in the worker
 
@@ -149,7 +180,31 @@ class TestDeviceList:
 
         from django.utils import timezone
 
-        granted = make_device(p.fleet, name="granted", support_access_until=timezone.now() + timedelta(hours=1))
+        granted = make_device(
+            p.fleet, name="granted", support_access_until=timezone.now() + timedelta(hours=1)
+        )
         client.force_login(p.support)
         html = client.get("/devices/").content.decode()
         assert granted.name in html and device.name not in html
+
+    def test_it_costs_the_same_queries_at_two_sizes(self, client, p, device, django_assert_max_num_queries):
+        client.force_login(p.operator)
+        with django_assert_max_num_queries(8) as small:
+            client.get("/devices/", {"last": "1"})
+        for _ in range(60):
+            make_device(p.fleet)
+            make_device(p.other_fleet)
+        with django_assert_max_num_queries(len(small.captured_queries)) as large:
+            page = client.get("/devices/", {"last": "1"}).context["page"]
+        assert len(large.captured_queries) == len(small.captured_queries)
+        assert len(page.rows) == 50 and all(d.fleet_id == p.fleet.pk for d in page.rows)
+
+    def test_the_access_check_is_per_fleet_not_per_device(
+        self, client, p, device, django_assert_max_num_queries
+    ):
+        """The rank subqueries run over fleets; the device query only asks "is its fleet one of those"."""
+        client.force_login(p.observer)
+        with django_assert_max_num_queries(8) as captured:
+            client.get("/devices/")
+        sql = next(q["sql"] for q in captured.captured_queries if 'FROM "devices_device"' in q["sql"])
+        assert '"devices_device"."fleet_id" IN (SELECT' in sql

@@ -8,6 +8,7 @@ from unittest import mock
 import pytest
 from django.db import DatabaseError
 from django.utils import timezone
+from kombu import pools
 
 from dashboard.celery import app as celery_app
 from dashboard.embedded_redis import EmbeddedRedis
@@ -42,9 +43,8 @@ def _use_broker(url, settings):
     """Point this process's Celery producer at another broker (dropping its pooled connections)."""
     settings.CELERY_BROKER_URL = url
     celery_app.conf.broker_url = url
-    if celery_app._pool is not None:
-        celery_app._pool.force_close_all()
-        celery_app._pool = None
+    pools.reset()  # kombu keeps producer pools per connection in a registry of its own
+    celery_app._pool = None
     celery_app.amqp._producer_pool = None
 
 

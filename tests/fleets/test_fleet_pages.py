@@ -1,8 +1,11 @@
 """Fleet list, fleet summary with its device list, tabs, and the selection -> confirmation flow."""
 
-import pytest
+from datetime import timedelta
 
-from devices.models import DeviceAction
+import pytest
+from django.utils import timezone
+
+from devices.models import DeviceAction, SavedView
 from tests.factories import Personas, make_device, make_fleet
 
 pytestmark = pytest.mark.django_db
@@ -61,27 +64,127 @@ def test_a_bad_filter_says_what_is_wrong(client, p):
     assert "Use a version like 2.12.0." in html
 
 
-def test_pages_follow_a_cursor(client, p):
-    for i in range(55):
-        make_device(p.fleet, name=f"dev-{i:03d}")
-    client.force_login(p.observer)
-    first = client.get(f"/fleets/{p.fleet.pk}/")
-    html = first.content.decode()
-    assert "dev-049" in html and "dev-050" not in html
-    cursor = first.context["page"].next_cursor
-    second = client.get(f"/fleets/{p.fleet.pk}/", {"after": cursor}).content.decode()
-    assert "dev-050" in second and "dev-054" in second and "dev-049" not in second
+class TestPaging:
+    @pytest.fixture
+    def fleet_of_55(self, p):
+        for i in range(55):
+            make_device(
+                p.fleet, name=f"dev-{i:03d}", last_seen_at=timezone.now() - timedelta(milliseconds=300 * i)
+            )
+        return p.fleet
+
+    def test_pages_follow_a_cursor(self, client, p, fleet_of_55):
+        client.force_login(p.observer)
+        first = client.get(f"/fleets/{p.fleet.pk}/")
+        html = first.content.decode()
+        assert "dev-049" in html and "dev-050" not in html
+        cursor = first.context["page"].next_cursor
+        second = client.get(f"/fleets/{p.fleet.pk}/", {"after": cursor}).content.decode()
+        assert "dev-050" in second and "dev-054" in second and "dev-049" not in second
+
+    def test_the_last_page_reads_the_list_from_its_end(self, client, p, fleet_of_55):
+        client.force_login(p.observer)
+        page = client.get(f"/fleets/{p.fleet.pk}/", {"last": "1"}).context["page"]
+        assert [d.name for d in page.rows] == [f"dev-{i:03d}" for i in range(5, 55)]
+        assert page.has_previous and not page.has_next
+
+    def test_previous_goes_back_one_page(self, client, p, fleet_of_55):
+        client.force_login(p.observer)
+        last = client.get(f"/fleets/{p.fleet.pk}/", {"last": "1"}).context["page"]
+        before = client.get(f"/fleets/{p.fleet.pk}/", {"before": last.previous_cursor}).context["page"]
+        assert [d.name for d in before.rows] == [f"dev-{i:03d}" for i in range(5)]
+        assert not before.has_previous and before.has_next
+
+    def test_the_last_page_follows_the_sort_and_the_filters(self, client, p, fleet_of_55):
+        make_device(p.fleet, name="zz-offline", online=False)
+        client.force_login(p.observer)
+        params = {"last": "1", "sort": "-last_seen", "status": "online"}
+        page = client.get(f"/fleets/{p.fleet.pk}/", params).context["page"]
+        assert [d.name for d in page.rows][-3:] == ["dev-052", "dev-053", "dev-054"]  # oldest last
+        assert "zz-offline" not in [d.name for d in page.rows]
+
+    def test_the_links_keep_the_filters_and_refresh_the_table_with_htmx(self, client, p, fleet_of_55):
+        client.force_login(p.observer)
+        html = client.get(f"/fleets/{p.fleet.pk}/", {"status": "online", "q": ""}).content.decode()
+        assert 'hx-boost="true" hx-target="#device-table"' in html
+        assert 'href="?status=online&amp;after=' in html and 'href="?status=online&amp;last=1"' in html
+
+    def test_a_filter_change_puts_only_the_filters_in_the_address_bar(self, client, p, fleet_of_55):
+        client.force_login(p.observer)
+        headers = {"HX-Request": "true", "HX-Target": "device-table", "HX-Trigger": "device-filters"}
+        params = {"q": "", "status": "online", "os_op": "eq", "os_version": "", "sort": "name"}
+        response = client.get(f"/fleets/{p.fleet.pk}/", params, headers=headers)
+        assert response["HX-Push-Url"] == f"/fleets/{p.fleet.pk}/?status=online"
+        refresh = client.get(
+            f"/fleets/{p.fleet.pk}/", params, headers=headers | {"HX-Trigger": "device-table"}
+        )
+        assert "HX-Push-Url" not in refresh  # the 10 s refresh leaves history alone
+
+    def test_a_cursor_that_is_not_ours_shows_the_first_page(self, client, p, fleet_of_55):
+        client.force_login(p.observer)
+        page = client.get(f"/fleets/{p.fleet.pk}/", {"before": "garbage"}).context["page"]
+        assert page.rows[0].name == "dev-000" and not page.has_previous
+
+    def test_the_htmx_partial_is_the_table_alone(self, client, p, fleet_of_55):
+        client.force_login(p.observer)
+        headers = {"HX-Request": "true", "HX-Target": "device-table"}
+        html = client.get(f"/fleets/{p.fleet.pk}/", {"last": "1"}, headers=headers).content.decode()
+        assert html.lstrip().startswith('<div id="device-table"') and "<html" not in html
 
 
-def test_the_device_list_costs_the_same_queries_at_any_size(client, p, django_assert_max_num_queries):
+LIST_VARIANTS = [{}, {"status": "online", "os_version": "2.60.0", "os_op": "lt"}, {"last": "1"},
+                 {"device_type": "raspberrypi3", "sort": "-last_seen"}]  # fmt: skip
+
+
+@pytest.mark.parametrize("params", LIST_VARIANTS)
+def test_the_device_list_costs_the_same_queries_at_two_sizes(
+    client, p, params, django_assert_max_num_queries
+):
+    SavedView.objects.create(fleet=p.fleet, owner=p.operator, name="Mine", query="status=online")
     client.force_login(p.operator)
     make_device(p.fleet)
-    with django_assert_max_num_queries(10) as few:
-        client.get(f"/fleets/{p.fleet.pk}/")
-    for _ in range(60):
+    client.get(f"/fleets/{p.fleet.pk}/", params)  # fleet counts in the cache, as on any later view
+    with django_assert_max_num_queries(10) as small:
+        client.get(f"/fleets/{p.fleet.pk}/", params)
+    for _ in range(120):
+        make_device(p.fleet, os_version="2.9.7")
+    with django_assert_max_num_queries(len(small.captured_queries)) as large:
+        client.get(f"/fleets/{p.fleet.pk}/", params)
+    assert len(large.captured_queries) == len(small.captured_queries)
+    assert not any("COUNT(" in q["sql"].upper() for q in large.captured_queries)  # no count per view
+
+
+class TestMatchingCount:
+    def test_it_counts_the_devices_matching_the_filter_with_one_count(
+        self, client, p, django_assert_max_num_queries
+    ):
+        for _ in range(3):
+            make_device(p.fleet, os_version="2.9.7")
+        make_device(p.fleet, os_version="2.58.3")
+        make_device(p.other_fleet, os_version="2.9.7")
+        client.force_login(p.operator)
+        with django_assert_max_num_queries(5) as captured:
+            response = client.get(
+                f"/fleets/{p.fleet.pk}/devices/count/", {"os_version": "2.12.0", "os_op": "lt"}
+            )
+        assert response.json() == {"count": 3}
+        assert sum("COUNT(" in q["sql"].upper() for q in captured.captured_queries) == 1
+
+    def test_a_bad_filter_is_refused(self, client, p):
+        client.force_login(p.operator)
+        response = client.get(f"/fleets/{p.fleet.pk}/devices/count/", {"os_version": "newest"})
+        assert response.status_code == 400 and "version" in response.json()["error"]
+
+    def test_outsiders_get_404(self, client, p):
+        client.force_login(p.outsider)
+        assert client.get(f"/fleets/{p.fleet.pk}/devices/count/").status_code == 404
+
+    def test_the_list_asks_for_it_only_when_a_selection_starts(self, client, p):
         make_device(p.fleet)
-    with django_assert_max_num_queries(len(few.captured_queries)):
-        client.get(f"/fleets/{p.fleet.pk}/")
+        client.force_login(p.operator)
+        html = client.get(f"/fleets/{p.fleet.pk}/", {"status": "online"}).content.decode()
+        assert f'data-total-src="/fleets/{p.fleet.pk}/devices/count/?status=online"' in html
+        assert "data-total=" not in html
 
 
 class TestSelection:
@@ -91,7 +194,9 @@ class TestSelection:
         old = make_device(p.fleet, agent_version="1.0.3")
         make_device(p.fleet)  # not ticked
         client.force_login(p.operator)
-        response = client.get(f"/fleets/{p.fleet.pk}/actions/reboot/", {"ids": [online.pk, offline.pk, old.pk]})
+        response = client.get(
+            f"/fleets/{p.fleet.pk}/actions/reboot/", {"ids": [online.pk, offline.pk, old.pk]}
+        )
         preview = response.context["preview"]
         assert (preview.selected, preview.affected) == (3, 1)
         assert dict(preview.skipped) == {"agent older than 1.1.0": 1, "offline: will miss it": 1}
@@ -132,6 +237,52 @@ class TestSelection:
         assert client.post(url, {"offline_policy": "queue", "ttl_hours": "9999"}).status_code == 400
         assert client.post(url, {"offline_policy": "queue", "ttl_hours": "6"}).status_code == 302
         assert DeviceAction.objects.get().deliver_until is not None
+
+    def test_all_matching_is_previewed_from_the_filter_and_carries_no_ids(self, client, p):
+        make_device(p.fleet, os_version="2.9.7")
+        make_device(p.fleet, os_version="2.9.7", online=False)
+        make_device(p.fleet, os_version="2.9.7", agent_version="1.0.3")
+        make_device(p.fleet, os_version="2.58.3")  # does not match
+        client.force_login(p.operator)
+        query = "os_version=2.12.0&os_op=lt"
+        response = client.get(f"/fleets/{p.fleet.pk}/actions/reboot/", {"all_matching": "1", "filter": query})
+        preview = response.context["preview"]
+        assert (preview.selected, preview.affected, preview.skipped_count) == (3, 1, 2)
+        html = response.content.decode()
+        assert (
+            'name="all_matching" value="1"' in html
+            and f'name="filter" value="{query.replace("&", "&amp;")}"' in html
+        )
+        assert 'name="ids"' not in html
+
+    @pytest.mark.parametrize("data", [{}, {"all_matching": "1", "filter": "status=online"}])
+    def test_the_post_costs_the_same_queries_at_two_sizes(
+        self, client, p, data, django_assert_max_num_queries
+    ):
+        client.force_login(p.operator)
+        make_device(p.fleet)
+        url = f"/fleets/{p.fleet.pk}/actions/reboot/"
+        with django_assert_max_num_queries(12) as small:
+            assert client.post(url, data).status_code == 302
+        for _ in range(60):
+            make_device(p.fleet)
+        with django_assert_max_num_queries(len(small.captured_queries)) as large:
+            assert client.post(url, data).status_code == 302
+        # Nothing counts the fleet: a reboot asks for no typed count, and "can any device get it" is an EXISTS.
+        assert not any("COUNT(" in q["sql"].upper() for q in large.captured_queries)
+
+    def test_a_selection_no_device_can_receive_is_refused(self, client, p):
+        old = make_device(p.fleet, agent_version="1.0.3")
+        client.force_login(p.operator)
+        response = client.post(f"/fleets/{p.fleet.pk}/actions/reboot/", {"ids": [old.pk]})
+        assert response.status_code == 400
+        assert "None of the selected devices can receive this action." in response.content.decode()
+        assert not DeviceAction.objects.exists()
+
+    def test_offline_devices_still_make_an_action_possible(self, client, p):
+        offline = make_device(p.fleet, online=False)
+        client.force_login(p.operator)
+        assert client.post(f"/fleets/{p.fleet.pk}/actions/reboot/", {"ids": [offline.pk]}).status_code == 302
 
     def test_developers_get_403(self, client, p):
         client.force_login(p.developer)

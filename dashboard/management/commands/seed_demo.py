@@ -49,7 +49,11 @@ SERVICES = {
     "legacy": [{"name": "main", "image": "registry.local/signage:3.2", "port": 80}],
 }
 
-ACME_ROLES = {"operator": FleetRole.OPERATOR, "developer": FleetRole.DEVELOPER, "observer": FleetRole.OBSERVER}
+ACME_ROLES = {
+    "operator": FleetRole.OPERATOR,
+    "developer": FleetRole.DEVELOPER,
+    "observer": FleetRole.OBSERVER,
+}
 
 
 class Command(BaseCommand):
@@ -79,7 +83,9 @@ class Command(BaseCommand):
 
         users = {}
         for username in ["admin", "operator", "developer", "observer", "outsider", "support"]:
-            user = User.objects.create_user(username=username, password=password, email=f"{username}@example.com")
+            user = User.objects.create_user(
+                username=username, password=password, email=f"{username}@example.com"
+            )
             users[username] = user
 
         # The org administrator also runs the Django admin, with every model permission except

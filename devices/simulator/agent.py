@@ -28,7 +28,9 @@ log = logging.getLogger("devices.simulator")
 
 # asyncio.TimeoutError is TimeoutError since 3.11; a refused or reset connection is a ClientError.
 NETWORK_ERRORS = (aiohttp.ClientError, TimeoutError, OSError)
-RESULT_ATTEMPTS = 5
+# An agent keeps an action's result until the server takes it: with the backoff capped at 8 s,
+# 40 attempts ride out about five minutes of an unreachable or overloaded server.
+RESULT_ATTEMPTS = 40
 OS_UPDATE_STEPS = 5
 
 

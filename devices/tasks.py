@@ -1,21 +1,28 @@
 """Celery interface of the action engine: tasks take ids and call a service."""
 
 from celery import shared_task
+from django.db import DatabaseError
+from redis.exceptions import RedisError
 
 from devices import ingest, selectors, services
 
+# A database or Redis that is briefly unreachable must not strand an action half-way: retry with
+# backoff (the work is idempotent: rows are claimed, pushes carry their idempotency key).
+TRANSIENT = {"autoretry_for": (DatabaseError, RedisError), "retry_backoff": 2, "retry_backoff_max": 60,
+             "max_retries": 12, "acks_late": True}
 
-@shared_task(acks_late=True)
+
+@shared_task(**TRANSIENT)
 def expand_action(action_id: int) -> None:
     services.action_expand(action_id)
 
 
-@shared_task(acks_late=True)
+@shared_task(**TRANSIENT)
 def deliver_batch(action_id: int, first_device_id: int, last_device_id: int) -> None:
     services.action_deliver_range(action_id, first_device_id, last_device_id)
 
 
-@shared_task(acks_late=True)
+@shared_task(**TRANSIENT)
 def deliver_waiting(device_id: int) -> None:
     services.action_deliver_waiting(device_id)
 

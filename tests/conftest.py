@@ -75,6 +75,9 @@ def _start_session_redis() -> tuple[RedisForTests, EmbeddedRedis | None]:
     os.environ["REDIS_URL"] = url
     _reload_settings()
     assert settings.REDIS_URL == settings.CELERY_BROKER_URL == url, "settings did not pick up REDIS_URL"
+    # The live server answers each request in a thread of its own: a connection kept for reuse
+    # would outlive its thread, and a burst of agents would exhaust PostgreSQL's connections.
+    settings.DATABASES["default"]["CONN_MAX_AGE"] = 0
     test_redis = RedisForTests(url=url, embedded=server is not None)
     test_redis.flush()
     return test_redis, server

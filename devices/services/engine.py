@@ -718,4 +718,29 @@ def actions_sweep(now=None) -> dict:
     ):
         _enqueue_expand(action_id)
         stats["requeued"] += 1
+    stats["redispatched"] = _redispatch_stranded(now)
     return stats
+
+
+REDISPATCH_AFTER_S = 120
+
+
+def _redispatch_stranded(now) -> int:
+    """Pending deliveries whose batch message was lost (a task that failed for good, a broker that
+    lost its data) are sent again, at most every REDISPATCH_AFTER_S per action. Harmless when the
+    message was only slow: a batch claims its rows, and agents act once per idempotency key."""
+    from django.core.cache import cache
+
+    stranded = DeviceAction.objects.filter(
+        state=ActionState.DISPATCHING,
+        pending_count__gt=0,
+        started_at__lt=now - timedelta(seconds=REDISPATCH_AFTER_S),
+    ).values_list("pk", flat=True)
+    count = 0
+    for action_id in stranded:
+        if not cache.add(f"redispatch:{action_id}", 1, REDISPATCH_AFTER_S):
+            continue
+        pending = ActionDelivery.objects.filter(action_id=action_id, state=DeliveryState.PENDING)
+        _enqueue_batches(action_id, list(pending.order_by("device_id").values_list("device_id", flat=True)))
+        count += 1
+    return count

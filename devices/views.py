@@ -77,6 +77,8 @@ def _device_menu(device: Device) -> list[services.ActionSpec]:
 
 def _unavailable(spec: services.ActionSpec, device: Device) -> str | None:
     """Why this device cannot take the action now (shown instead of a button that does nothing)."""
+    if spec.refusal_for(device.access):
+        return spec.refusal_for(device.access)
     if spec.requires_agent_api and not device.has_agent_api:
         return f"Agent {device.agent_version} has no action API: needs 1.1.0 or newer"
     if not device.is_active and not spec.applies_to_deactivated:
@@ -185,6 +187,8 @@ def _spec_or_404(kind: str) -> services.ActionSpec:
 def device_action(request, uuid, kind):
     spec = _spec_or_404(kind)
     device = device_for_user(request.user, uuid, spec.min_role)
+    if spec.refusal_for(device.access):
+        raise PermissionDenied(spec.refusal_for(device.access))
     target = Target(device.fleet, ActionScope.DEVICE, Device.objects.filter(pk=device.pk), device=device)
     return _confirm_or_dispatch(request, spec, target)
 
@@ -193,6 +197,8 @@ def device_action(request, uuid, kind):
 def fleet_action(request, fleet_id, kind):
     spec = _spec_or_404(kind)
     fleet = fleet_for_user(request.user, fleet_id, spec.min_role)
+    if spec.refusal_for(fleet.access):
+        raise PermissionDenied(spec.refusal_for(fleet.access))
     try:
         target = _selection_target(fleet, request.POST if request.method == "POST" else request.GET)
     except BadSelection as error:

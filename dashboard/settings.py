@@ -208,6 +208,11 @@ DEACTIVATION_FEE_CENTS = env_int("DEACTIVATION_FEE_CENTS", 500)
 PUBLIC_URL_DOMAIN = env_str("PUBLIC_URL_DOMAIN", "devices.localhost")
 PUBLIC_URL_TIMEOUT_S = env_float("PUBLIC_URL_TIMEOUT_S", 5.0)
 PUBLIC_URL_MAX_BYTES = env_int("PUBLIC_URL_MAX_BYTES", 10 * 1024 * 1024)
+# The only networks the server connects to on a device's behalf (public URL proxy, action pushes):
+# device addresses must be IP literals inside one of these. Default: private ranges and loopback
+# (not link-local: cloud metadata lives there). Production: the devices' network only, no loopback.
+PRIVATE_AND_LOOPBACK = "10.0.0.0/8,172.16.0.0/12,192.168.0.0/16,fc00::/7,127.0.0.0/8,::1/128"
+DEVICE_ALLOWED_NETWORKS = [n for n in env_str("DEVICE_ALLOWED_NETWORKS", PRIVATE_AND_LOOPBACK).split(",") if n]
 
 LOGGING = {
     "version": 1,

@@ -18,6 +18,7 @@ from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_http_methods
 
 from devices import services
+from devices.addresses import address_refusal, canonical_address
 from devices.keys import push_secret_for
 from devices.models import AgentStatus
 from devices.services import AgentError
@@ -112,16 +113,18 @@ def _version(value) -> str:
     return value.strip()
 
 
-def _http_url(value, *, allow_https: bool) -> str:
+def _device_url(value, *, schemes: tuple[str, ...]) -> str:
+    """An address the server will connect to (devices.addresses): stored as it was checked."""
     if value is None or value == "":
         return ""
-    parts = urlsplit(_string(value, 200))
-    schemes = {"http", "https"} if allow_https else {"http"}
-    if parts.scheme not in schemes or not parts.hostname or parts.username or parts.password:
-        raise Invalid(f"must be an {' or '.join(sorted(schemes))} URL without credentials")
+    value = _string(value, 200)
+    refusal = address_refusal(value, schemes=schemes)
+    if refusal:
+        raise Invalid(refusal)
+    parts = urlsplit(value)
     if parts.query or parts.fragment:
         raise Invalid("must not have a query or fragment")
-    return value.rstrip("/")
+    return canonical_address(value)
 
 
 def _services(value) -> list:
@@ -177,8 +180,8 @@ def clean_report(payload: dict, now) -> dict:
         "os_version": lambda v: {"os_version": _version(v), "os_version_key": version_key(v)},
         "agent_version": lambda v: {"agent_version": _version(v), "agent_version_key": version_key(v)},
         "ip_address": lambda v: {"ip_address": _ip(v)},
-        "api_address": lambda v: {"api_address": _http_url(v, allow_https=True)},
-        "web_address": lambda v: {"web_address": _http_url(v, allow_https=False)},
+        "api_address": lambda v: {"api_address": _device_url(v, schemes=("http", "https"))},
+        "web_address": lambda v: {"web_address": _device_url(v, schemes=("http",))},
         "uptime_s": lambda v: {"booted_at": now - timedelta(seconds=_integer(v, 0, 10 * 365 * 86400))},
         "release": lambda v: {"release_commit": _string(v or "", 40)},
         "update_lock_held": lambda v: {"update_lock_held": _boolean(v)},

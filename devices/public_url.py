@@ -15,6 +15,7 @@ from django.http import HttpResponse, StreamingHttpResponse
 from django.http.request import split_domain_port
 from django.template.loader import render_to_string
 
+from devices.addresses import address_refusal
 from devices.models import Device
 
 HOP_BY_HOP = {
@@ -80,6 +81,9 @@ def proxy(request, uuid: str):
         return _error(503, "The device is offline", "It has not reported recently, so nothing can be reached.", device)
     if not device.web_address:
         return _error(502, "Nothing is serving on port 80", "The device reports no web service on port 80.", device)
+    refusal = address_refusal(device.web_address)
+    if refusal:
+        return _error(502, "The device's address is not allowed", f"The web address it reports {refusal}.", device)
     url = upstream_url(device.web_address, request.path, request.META.get("QUERY_STRING", ""))
     if url is None:
         return _error(400, "Bad path", "The path may not contain '.' or '..' segments.", device)

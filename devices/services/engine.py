@@ -25,6 +25,7 @@ from django.db import connection, transaction
 from django.db.models import Case, CharField, Count, DateTimeField, F, IntegerField, QuerySet, Value, When
 from django.utils import timezone
 
+from devices.addresses import address_refusal
 from devices.filters import filtered_devices
 from devices.keys import push_secret_for, sign_push
 from devices.models import (
@@ -46,6 +47,7 @@ from devices.versions import AGENT_API_MIN
 from fleets.models import Fleet
 
 log = logging.getLogger(__name__)
+AGENT_API_SCHEMES = ("http", "https")
 
 
 def _rules(spec: ActionSpec, params: dict, offline_policy: str, now) -> list[Rule]:
@@ -498,6 +500,9 @@ async def _push_one(session, kind: str, params: dict, action_id: int, target: di
     device_id = target["pk"]
     if not target["api_address"]:
         return PushResult(device_id, DeliveryState.FAILED, "The agent has not reported an API address")
+    refusal = address_refusal(target["api_address"], schemes=AGENT_API_SCHEMES)
+    if refusal:
+        return PushResult(device_id, DeliveryState.FAILED, f"The agent's API address {refusal}"[:300])
     key = delivery_key(action_id, device_id)
     path = f"/v1/actions/{kind}"
     body = json.dumps({"key": key, "params": params}).encode()
@@ -532,11 +537,13 @@ async def _push_one(session, kind: str, params: dict, action_id: int, target: di
 
 def devices_nudge(device_ids: list[int]) -> int:
     """Ask agents to poll their target state now (a setting changed); best effort, not recorded."""
-    targets = list(
-        Device.objects.filter(pk__in=device_ids, agent_version_key__gte=AGENT_API_MIN)
+    targets = [
+        target
+        for target in Device.objects.filter(pk__in=device_ids, agent_version_key__gte=AGENT_API_MIN)
         .exclude(api_address="")
         .values("uuid", "api_address")
-    )
+        if not address_refusal(target["api_address"], schemes=AGENT_API_SCHEMES)
+    ]
     return sum(asyncio.run(_nudge_all(targets)))
 
 

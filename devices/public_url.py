@@ -63,11 +63,16 @@ def _forward_headers(request) -> dict:
 
 
 def upstream_url(web_address: str, path: str, query: str) -> str | None:
-    """The device URL for a request path; None when the path tries to leave the device's address."""
+    """The device URL for a request path; None when the path tries to leave the device's address.
+
+    `path` is already percent-decoded (the WSGI server did it), so it is checked as it is and
+    encoded again in full, '%' included: a double-encoded "%252e%252e" reaches the device as
+    "%252e%252e", which one more decoding turns into a harmless "%2e%2e", never into "..".
+    """
     segments = path.split("/")
     if any(segment in (".", "..") for segment in segments) or "\\" in path:
         return None
-    url = web_address.rstrip("/") + quote(path, safe="/:@!$&'()*+,;=-._~%")
+    url = web_address.rstrip("/") + quote(path, safe="/:@!$&'()*+,;=-._~")
     return f"{url}?{query}" if query else url
 
 

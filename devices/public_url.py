@@ -28,8 +28,12 @@ _client = httpx.Client(follow_redirects=False, trust_env=False)
 
 
 def host_pattern() -> re.Pattern:
+    """Every host name under the public URL domain, with its first part (a UUID for a device)."""
     domain = re.escape(settings.PUBLIC_URL_DOMAIN)
-    return re.compile(rf"^(?P<uuid>[0-9a-f]{{32}})\.{domain}(?::\d+)?$", re.IGNORECASE)
+    return re.compile(rf"(?P<name>[^:]+)\.{domain}(?::\d+)?", re.IGNORECASE)
+
+
+UUID = re.compile(r"[0-9a-f]{32}")
 
 
 def address_for(device: Device, request) -> str:
@@ -76,10 +80,13 @@ def upstream_url(web_address: str, path: str, query: str) -> str | None:
     return f"{url}?{query}" if query else url
 
 
-def proxy(request, uuid: str):
-    device = Device.objects.filter(uuid=uuid.lower(), is_active=True).only(
-        "uuid", "name", "public_url_enabled", "web_address", "last_seen_at", "agent_status", "is_active"
-    ).first()
+def proxy(request, name: str):
+    """Answer a request for a host name under the public URL domain: only device names are served."""
+    uuid = name.lower()
+    device = None
+    if UUID.fullmatch(uuid):
+        fields = ("uuid", "name", "public_url_enabled", "web_address", "last_seen_at", "agent_status", "is_active")
+        device = Device.objects.filter(uuid=uuid, is_active=True).only(*fields).first()
     if device is None or not device.public_url_enabled:
         return _error(404, "No public URL here", "This device does not exist or its public URL is turned off.")
     if not device.is_online:

@@ -131,6 +131,19 @@ def _relay(upstream: httpx.Response) -> StreamingHttpResponse:
 
     response = StreamingHttpResponse(body(), status=upstream.status_code)
     for name, value in upstream.headers.multi_items():
+        if name.lower() == "set-cookie":
+            value = host_only_cookie(value)
         if name.lower() not in HOP_BY_HOP:
             response[name] = value
     return response
+
+
+COOKIE_DOMAIN = re.compile(r";\s*domain\s*=[^;]*", re.IGNORECASE)
+
+
+def host_only_cookie(set_cookie: str) -> str:
+    """A device's cookie without its Domain attribute: it stays on the device's own host name.
+
+    With Domain a device could set cookies for the parent domain, which the browser would then
+    send to the dashboard too (a chosen session or CSRF cookie: cookie tossing)."""
+    return COOKIE_DOMAIN.sub("", set_cookie)

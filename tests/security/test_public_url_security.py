@@ -355,3 +355,16 @@ def test_the_default_networks_are_private_and_loopback_only(settings):
         assert any(ipaddress.ip_address(address) in network for network in networks), address
     for address in ("169.254.169.254", "8.8.8.8", "100.64.0.1", "0.0.0.0", "fe80::1"):
         assert not any(ipaddress.ip_address(address) in network for network in networks), address
+
+
+@pytest.mark.parametrize(
+    ("set_cookie", "relayed"),
+    [
+        ("a=b; Domain=.localhost; Path=/", "a=b; Path=/"),
+        ("a=b;domain=localhost", "a=b"),
+        ("a=b; Path=/; DOMAIN = example.com ; Secure", "a=b; Path=/; Secure"),
+        ("a=domain=x; Path=/", "a=domain=x; Path=/"),
+    ],
+)
+def test_cookie_domains_are_dropped(set_cookie, relayed):
+    assert public_url.host_only_cookie(set_cookie) == relayed

@@ -338,10 +338,12 @@ def _fill(template, values: dict):
     return template.format(**values) if isinstance(template, str) else template
 
 
-def request(world, endpoint: Endpoint, persona: str, scope: str):
+def request(world, endpoint: Endpoint, persona: str, scope: str, *, client=None, headers=None):
     values = world.places[scope].values(world)
-    client = world.client_for(persona)
-    headers = {"HX-Request": "true", "HX-Target": endpoint.htmx} if endpoint.htmx else {}
+    client = client or world.client_for(persona)
+    headers = dict(headers or {})
+    if endpoint.htmx:
+        headers |= {"HX-Request": "true", "HX-Target": endpoint.htmx}
     if endpoint.host:
         headers["Host"] = f"{_fill(endpoint.host, values)}.devices.localhost"
     url = _fill(endpoint.url, values)

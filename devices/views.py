@@ -32,6 +32,7 @@ from fleets.models import Fleet, FleetRole
 from fleets.selectors import device_for_user, devices_for_user, fleet_for_user
 
 MAX_SELECTED_IDS = 1000
+MAX_ROW_ID = 2**63 - 1  # a BigAutoField's largest value: larger ints make the database driver raise
 DEVICE_PAGE_SIZE = 50
 OUTCOME_PAGE_SIZE = 100
 TTL_CHOICES = [(1, "1 hour"), (6, "6 hours"), (24, "1 day"), (72, "3 days"), (168, "7 days")]
@@ -144,6 +145,11 @@ class BadSelection(Exception):
     pass
 
 
+def _is_device_id(raw: str) -> bool:
+    """Plain ASCII digits naming a row id the database can hold (not "١", "1_0", " 1" or 10**30)."""
+    return raw.isascii() and raw.isdigit() and len(raw) <= 19 and 0 < int(raw) <= MAX_ROW_ID
+
+
 def _selection_target(fleet: Fleet, data) -> Target:
     """Ids ticked on the list, all devices matching a filter, or (neither) the whole fleet.
 
@@ -161,10 +167,9 @@ def _selection_target(fleet: Fleet, data) -> Target:
     raw_ids = data.getlist("ids")
     if not raw_ids:
         return Target(fleet, ActionScope.FLEET, fleet_devices)
-    try:
-        ids = sorted({int(i) for i in raw_ids})
-    except ValueError:
-        raise BadSelection("The selection is not a list of devices.") from None
+    if not all(_is_device_id(i) for i in raw_ids):
+        raise BadSelection("The selection is not a list of devices.")
+    ids = sorted({int(i) for i in raw_ids})
     if len(ids) > MAX_SELECTED_IDS:
         raise BadSelection(f"Select at most {MAX_SELECTED_IDS} devices by hand, or use “select all matching”.")
     found = fleet_devices.filter(pk__in=ids).count()

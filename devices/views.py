@@ -33,6 +33,8 @@ from fleets.selectors import device_for_user, devices_for_user, fleet_for_user
 
 MAX_SELECTED_IDS = 1000
 MAX_ROW_ID = 2**63 - 1  # a BigAutoField's largest value: larger ints make the database driver raise
+# A selection's filter is stored on the action as it was sent: a querystring, not a document.
+MAX_FILTER_LENGTH = 2000
 DEVICE_PAGE_SIZE = 50
 OUTCOME_PAGE_SIZE = 100
 TTL_CHOICES = [(1, "1 hour"), (6, "6 hours"), (24, "1 day"), (72, "3 days"), (168, "7 days")]
@@ -159,6 +161,8 @@ def _selection_target(fleet: Fleet, data) -> Target:
     fleet_devices = Device.objects.filter(fleet=fleet)
     if data.get("all_matching") == "1":
         query = data.get("filter", "")
+        if len(query) > MAX_FILTER_LENGTH:
+            raise BadSelection(f"The filter is too long (at most {MAX_FILTER_LENGTH:,} characters).")
         try:
             devices, _ = filtered_devices(fleet_devices, query)
         except ValueError as error:

@@ -137,6 +137,10 @@ ANONYMOUS_USER_NAME = None
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator", "OPTIONS": {"min_length": 4}},
 ]
+# A hand selection posts up to devices.views.MAX_SELECTED_IDS (1,000) ids plus the form's own fields,
+# more than Django's default of 1,000 fields: above this the dashboard's 400 page answers.
+DATA_UPLOAD_MAX_NUMBER_FIELDS = 2000
+
 LOGIN_URL = "/accounts/login/"
 LOGIN_MAX_FAILURES = env_int("LOGIN_MAX_FAILURES", 5)
 LOGIN_LOCKOUT_S = env_int("LOGIN_LOCKOUT_S", 300)

@@ -273,12 +273,14 @@ def _confirm_or_dispatch(request, spec: services.ActionSpec, target: Target):
     ttl = None
     if not error and policy == OfflinePolicy.QUEUE:
         try:
-            ttl = timedelta(hours=int(request.POST.get("ttl_hours", "")))
+            hours = int(request.POST.get("ttl_hours", ""))
         except ValueError:
             error = "Choose how long to keep the action for offline devices."
-        else:
-            if not timedelta(hours=1) <= ttl <= timedelta(days=7):
+        else:  # the range before the timedelta: a huge number of hours overflows it
+            if not 1 <= hours <= 7 * 24:
                 error = "Keep it between 1 hour and 7 days."
+            else:
+                ttl = timedelta(hours=hours)
     if not error and not preview.possible:
         error = "None of the selected devices can receive this action."
     if error:

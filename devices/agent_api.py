@@ -42,11 +42,17 @@ def _bearer(request) -> str:
 
 
 def _json_body(request) -> dict:
-    if len(request.body) > MAX_BODY:
+    # The announced length first: reading a body over DATA_UPLOAD_MAX_MEMORY_SIZE raises before
+    # the length could be compared, and the agent would get Django's HTML 400 instead of this.
+    try:
+        announced = int(request.META.get("CONTENT_LENGTH") or 0)
+    except ValueError:
+        announced = 0
+    if announced > MAX_BODY or len(request.body) > MAX_BODY:
         raise AgentError(413, "too_large", f"The body is larger than {MAX_BODY // 1024} KiB.")
     try:
         payload = json.loads(request.body or b"{}")
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: nesting too deep
         raise AgentError(400, "invalid", "The body is not valid JSON.") from None
     if not isinstance(payload, dict):
         raise AgentError(400, "invalid", "The body must be a JSON object.")

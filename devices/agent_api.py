@@ -25,7 +25,7 @@ from devices.services import AgentError
 from devices.versions import is_version, version_key
 
 MAX_BODY = 64 * 1024
-UUID_RE = re.compile(r"^[0-9a-f]{32}$")
+UUID_RE = re.compile(r"[0-9a-f]{32}")  # fullmatch: "$" would let a trailing newline through
 
 
 def _error(status: int, code: str, detail: str, fields: dict | None = None) -> JsonResponse:
@@ -219,7 +219,7 @@ def register(request):
     payload = _json_body(request)
     errors = {}
     uuid = payload.get("uuid")
-    if not isinstance(uuid, str) or not UUID_RE.match(uuid):
+    if not isinstance(uuid, str) or not UUID_RE.fullmatch(uuid):
         errors["uuid"] = "must be 32 lowercase hex characters"
     for name in ("os_version", "agent_version"):
         try:

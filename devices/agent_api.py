@@ -173,9 +173,12 @@ def _ip(value) -> str | None:
     if value is None:
         return None
     try:
-        return str(ipaddress.ip_address(_string(value, 45)))
+        address = ipaddress.ip_address(_string(value, 45))
     except ValueError:
         raise Invalid("must be an IPv4 or IPv6 address") from None
+    if getattr(address, "scope_id", None):  # fe80::1%eth0: no database address column takes a zone
+        raise Invalid("must be an IPv4 or IPv6 address without a zone")
+    return str(address)
 
 
 def clean_report(payload: dict, now) -> dict:

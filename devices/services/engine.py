@@ -14,6 +14,7 @@ progress is one row read.
 import asyncio
 import json
 import logging
+import re
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -589,6 +590,8 @@ async def _error_detail(response) -> str:
 
 # --- Results, cancel, sweep ----------------------------------------------------------------------
 
+# "<action id>-<device id>" (models.delivery_key); at most 18 digits each, so the ids fit the database.
+DELIVERY_KEY = re.compile(r"(?P<action>[0-9]{1,18})-(?P<device>[0-9]{1,18})")
 RESULT_STATES = {
     "succeeded": DeliveryState.SUCCEEDED,
     "failed": DeliveryState.FAILED,
@@ -599,12 +602,10 @@ RESULT_STATES = {
 @transaction.atomic
 def action_record_result(*, device: Device, key: str, state: str, reason: str = "") -> bool:
     """An agent reports how a delivery ended. The first final result wins; repeats change nothing."""
-    try:
-        action_id, device_id = (int(part) for part in key.split("-", 1))
-    except ValueError:
-        raise AgentError(
-            404, "unknown_action", "That key is not an action delivery of this device."
-        ) from None
+    match = DELIVERY_KEY.fullmatch(key)
+    if match is None:
+        raise AgentError(404, "unknown_action", "That key is not an action delivery of this device.")
+    action_id, device_id = int(match["action"]), int(match["device"])
     if device_id != device.pk:
         raise AgentError(404, "unknown_action", "That key is not an action delivery of this device.")
     rows = ActionDelivery.objects.filter(action_id=action_id, device_id=device_id)

@@ -127,3 +127,18 @@ def test_staff_without_permissions_see_no_models(db):
     assert client.get("/admin/").status_code == 200
     for page in ADMIN_PAGES[1:]:
         assert client.get(page).status_code == 403, page
+
+
+@pytest.mark.parametrize(
+    "next_url",
+    ["http://evil.example/", "//evil.example/", "/\\evil.example/", "http://abababababababababababababababab.devices.localhost/",
+     "javascript:alert(1)"],
+)  # fmt: skip
+def test_sign_in_never_redirects_off_the_dashboard(client, db, next_url):
+    make_user("ann", password="right-password")
+    response = client.post(
+        "/accounts/login/?next=" + next_url,
+        {"username": "ann", "password": "right-password", "next": next_url},
+    )
+    assert response.status_code == 302
+    assert response["Location"] == "/"

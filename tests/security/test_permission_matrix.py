@@ -1,38 +1,41 @@
-"""The permission matrix: every endpoint that reads or changes something, for every persona, on
-three scopes, generated from one table (ENDPOINTS) and a few rules.
+"""The permission matrix: every endpoint that reads or changes something x 8 personas x 3 scopes,
+generated from one table (ENDPOINTS) and a few rules. Test ids read `endpoint-persona-scope`:
+    pytest tests/security/test_permission_matrix.py -k "fleet-delete-operator"
 
-Personas (tests/security/conftest.py builds the world): anonymous; the observer, developer,
-operator and administrator of fleet F; the org administrator of F's organization; an outsider
-(administrator of a fleet in another organization); support staff while F's support grant lasts,
-and after it expired.
+Personas (tests/security/conftest.py builds the world): the observer, developer, operator and
+administrator of fleet F; the org administrator of F's organization; an outsider (administrator
+of a fleet in another organization); support staff while F's support grant lasts, and after it
+expired. Anonymous visitors get one cell per endpoint (test_anonymous_users_are_sent_to_sign_in):
+before sign-in the scope decides nothing.
 
 Scopes: "own" is F, "same_org" is another fleet of F's organization, "other_org" a fleet of
 another organization. The personas' effective access to each is written out in ACCESS below, by
 hand from the world's definition, so the test does not trust fleets.selectors to compute it.
 
 The rules (what each cell expects):
-- anonymous: every dashboard endpoint redirects to the login page (302).
 - `Role(r)`: no access to the scope's fleet -> 404; access below r -> 403; else the endpoint's
   `ok` status (200 for a page, 302 for a POST that did its work).
 - Engine actions (devices/services/specs.py): every kind needs Operator; at fleet scope the
-  public-URL kinds need Administrator; a kind offered at device scope only (deactivate) or at
-  device and selection scope only answers 400 to an allowed role asking for another scope; support
-  staff may not grant support access (it would extend their own access); a move is valid only
-  towards a fleet the persona operates (else 400).
+  public-URL kinds need Administrator; a kind without fleet scope (or, for deactivate, without
+  selection scope) answers 400 to an allowed role asking for it; support staff may not grant
+  support access (it would extend their own access); a move is valid only towards a fleet the
+  persona operates (else 400).
 - Fleet actions, members: Administrator; transfer: org administrators only (a fleet administrator
   gets 403).
 - Organization pages: org administrator -> ok; org member -> 403; anyone else -> 404.
 - Fleet creation: org administrators of the chosen organization; an org administrator choosing
   another organization gets 400, a user who administers no organization 403.
-- Lists (fleets, devices, organizations): 200 for everyone logged in; the scope's fleet, device
+- Lists (fleets, devices, organizations): 200 for everyone signed in; the scope's fleet, device
   or organization appears in it exactly when the persona may see it.
 - The public URL proxy is public by design while the URL is enabled: its status depends on the
-  device (enabled and online -> 200, disabled -> 404, offline -> 503), never on the persona.
+  device (enabled and online -> 200, disabled -> 404, offline -> 503), never on the persona, not
+  even on being signed in (tests/security/test_public_url_security.py for the rest).
 
 Every cell asserts its status. Every cell except an allowed POST also asserts that nothing in the
 database changed (devices, fleets, organizations, memberships, guardian rows, actions and
 deliveries, billing charges, keys, releases, saved views, users); an allowed POST asserts that
 something did, so the forged requests refused elsewhere are requests that would work.
+test_every_dashboard_route_is_in_the_matrix fails when a URL is added without a row here.
 
 TODO(issue 3, saved views): when saved views land, add their endpoints to ENDPOINTS: open a saved
 view (GET, Role(OBSERVER)), create / rename / delete one (POST, Role(OBSERVER), owner only: another

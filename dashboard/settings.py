@@ -73,6 +73,7 @@ def database_from_url(url: str) -> dict:
     raise ValueError(f"Unsupported DATABASE_URL scheme: {parts.scheme!r}")
 
 
+# Device push secrets derive from it: `manage.py check --deploy` warns while it is this default.
 SECRET_KEY = env_str("SECRET_KEY", "dev-only-insecure-key-change-me-in-production-0123456789")
 DEBUG = env_bool("DEBUG", False)
 ALLOWED_HOSTS = [h for h in env_str("ALLOWED_HOSTS", "127.0.0.1,localhost,.localhost,testserver").split(",") if h]

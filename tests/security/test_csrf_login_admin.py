@@ -142,3 +142,14 @@ def test_sign_in_never_redirects_off_the_dashboard(client, db, next_url):
     )
     assert response.status_code == 302
     assert response["Location"] == "/"
+
+
+def test_deploy_checks_warn_about_the_default_secret_and_loopback_devices(settings):
+    from django.core.checks import Tags, run_checks
+
+    ids = {message.id for message in run_checks(tags=[Tags.security], include_deployment_checks=True)}
+    assert {"dashboard.W001", "dashboard.W002"} <= ids
+    settings.SECRET_KEY = "a-real-secret-" + "x" * 50
+    settings.DEVICE_ALLOWED_NETWORKS = ["10.8.0.0/16"]
+    ids = {message.id for message in run_checks(tags=[Tags.security], include_deployment_checks=True)}
+    assert not {"dashboard.W001", "dashboard.W002"} & ids

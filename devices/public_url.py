@@ -22,7 +22,8 @@ HOP_BY_HOP = {
     "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer",
     "transfer-encoding", "upgrade", "host", "content-length",
 }
-DASHBOARD_COOKIES = {settings.SESSION_COOKIE_NAME, settings.CSRF_COOKIE_NAME}
+# Never passed on to a device ("messages": django.contrib.messages' cookie storage, the flash messages).
+DASHBOARD_COOKIES = {settings.SESSION_COOKIE_NAME, settings.CSRF_COOKIE_NAME, "messages"}
 
 _client = httpx.Client(follow_redirects=False, trust_env=False)
 

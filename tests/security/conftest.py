@@ -74,7 +74,14 @@ class RecordingWebServer(BaseHTTPRequestHandler):
     hits: list  # set on the subclass made per server
 
     def _answer(self):
-        self.hits.append({"method": self.command, "path": self.path, "host": self.headers.get("Host", "")})
+        self.hits.append(
+            {
+                "method": self.command,
+                "path": self.path,
+                "host": self.headers.get("Host", ""),
+                "cookie": self.headers.get("Cookie", ""),
+            }
+        )
         body = f"device page {self.path}".encode()
         self.send_response(200)
         self.send_header("Content-Type", "text/plain")

@@ -123,6 +123,15 @@ def test_host_header_tricks_never_reach_another_host(client, device, elsewhere, 
     assert not response.streaming  # answered by the dashboard (or refused), never proxied
 
 
+def test_no_dashboard_cookie_reaches_the_device(client, device, device_web, elsewhere):
+    """Were the dashboard's cookies ever set for a parent domain, the browser would send them here."""
+    for name in ("sessionid", "csrftoken", "messages", "app"):
+        client.cookies[name] = f"{name}-value"
+    assert client.get("/", HTTP_HOST=host(device)).status_code == 200
+    (hit,) = device_web.hits
+    assert hit["cookie"] == "app=app-value"
+
+
 def test_a_forwarded_host_header_does_not_choose_the_device(client, device, device_web, elsewhere):
     other = make_device(device.fleet, public_url_enabled=True, web_address=f"{device_web.url}/w/other")
     response = client.get("/", HTTP_HOST=host(device), HTTP_X_FORWARDED_HOST=host(other))

@@ -73,6 +73,7 @@ def database_from_url(url: str) -> dict:
     raise ValueError(f"Unsupported DATABASE_URL scheme: {parts.scheme!r}")
 
 
+# Device push secrets derive from it: `manage.py check --deploy` warns while it is this default.
 SECRET_KEY = env_str("SECRET_KEY", "dev-only-insecure-key-change-me-in-production-0123456789")
 DEBUG = env_bool("DEBUG", False)
 ALLOWED_HOSTS = [
@@ -139,6 +140,10 @@ ANONYMOUS_USER_NAME = None
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator", "OPTIONS": {"min_length": 4}},
 ]
+# A hand selection posts up to devices.views.MAX_SELECTED_IDS (1,000) ids plus the form's own fields,
+# more than Django's default of 1,000 fields: above this the dashboard's 400 page answers.
+DATA_UPLOAD_MAX_NUMBER_FIELDS = 2000
+
 LOGIN_URL = "/accounts/login/"
 LOGIN_MAX_FAILURES = env_int("LOGIN_MAX_FAILURES", 5)
 LOGIN_LOCKOUT_S = env_int("LOGIN_LOCKOUT_S", 300)
@@ -216,6 +221,11 @@ DEACTIVATION_FEE_CENTS = env_int("DEACTIVATION_FEE_CENTS", 500)
 PUBLIC_URL_DOMAIN = env_str("PUBLIC_URL_DOMAIN", "devices.localhost")
 PUBLIC_URL_TIMEOUT_S = env_float("PUBLIC_URL_TIMEOUT_S", 5.0)
 PUBLIC_URL_MAX_BYTES = env_int("PUBLIC_URL_MAX_BYTES", 10 * 1024 * 1024)
+# The only networks the server connects to on a device's behalf (public URL proxy, action pushes):
+# device addresses must be IP literals inside one of these. Default: private ranges and loopback
+# (not link-local: cloud metadata lives there). Production: the devices' network only, no loopback.
+PRIVATE_AND_LOOPBACK = "10.0.0.0/8,172.16.0.0/12,192.168.0.0/16,fc00::/7,127.0.0.0/8,::1/128"
+DEVICE_ALLOWED_NETWORKS = [n for n in env_str("DEVICE_ALLOWED_NETWORKS", PRIVATE_AND_LOOPBACK).split(",") if n]
 
 LOGGING = {
     "version": 1,

@@ -18,14 +18,15 @@ from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_http_methods
 
 from devices import ingest, services
+from devices.addresses import address_refusal, canonical_address
 from devices.keys import push_secret_for
-from devices.models import AgentStatus, Device
+from devices.models import ActionDelivery, AgentStatus, Device
 from devices.services import AgentError
 from devices.services.engine import parse_delivery_key
 from devices.versions import is_version, version_key
 
 MAX_BODY = 64 * 1024
-UUID_RE = re.compile(r"^[0-9a-f]{32}$")
+UUID_RE = re.compile(r"[0-9a-f]{32}")  # fullmatch: "$" would let a trailing newline through
 
 
 def _error(status: int, code: str, detail: str, fields: dict | None = None) -> JsonResponse:
@@ -42,11 +43,17 @@ def _bearer(request) -> str:
 
 
 def _json_body(request) -> dict:
-    if len(request.body) > MAX_BODY:
+    # The announced length first: reading a body over DATA_UPLOAD_MAX_MEMORY_SIZE raises before
+    # the length could be compared, and the agent would get Django's HTML 400 instead of this.
+    try:
+        announced = int(request.META.get("CONTENT_LENGTH") or 0)
+    except ValueError:
+        announced = 0
+    if announced > MAX_BODY or len(request.body) > MAX_BODY:
         raise AgentError(413, "too_large", f"The body is larger than {MAX_BODY // 1024} KiB.")
     try:
         payload = json.loads(request.body or b"{}")
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: nesting too deep
         raise AgentError(400, "invalid", "The body is not valid JSON.") from None
     if not isinstance(payload, dict):
         raise AgentError(400, "invalid", "The body must be a JSON object.")
@@ -114,16 +121,18 @@ def _version(value) -> str:
     return value.strip()
 
 
-def _http_url(value, *, allow_https: bool) -> str:
+def _device_url(value, *, schemes: tuple[str, ...]) -> str:
+    """An address the server will connect to (devices.addresses): stored as it was checked."""
     if value is None or value == "":
         return ""
-    parts = urlsplit(_string(value, 200))
-    schemes = {"http", "https"} if allow_https else {"http"}
-    if parts.scheme not in schemes or not parts.hostname or parts.username or parts.password:
-        raise Invalid(f"must be an {' or '.join(sorted(schemes))} URL without credentials")
+    value = _string(value, 200)
+    refusal = address_refusal(value, schemes=schemes)
+    if refusal:
+        raise Invalid(refusal)
+    parts = urlsplit(value)
     if parts.query or parts.fragment:
         raise Invalid("must not have a query or fragment")
-    return value.rstrip("/")
+    return canonical_address(value)
 
 
 def _services(value) -> list:
@@ -166,9 +175,12 @@ def _ip(value) -> str | None:
     if value is None:
         return None
     try:
-        return str(ipaddress.ip_address(_string(value, 45)))
+        address = ipaddress.ip_address(_string(value, 45))
     except ValueError:
         raise Invalid("must be an IPv4 or IPv6 address") from None
+    if getattr(address, "scope_id", None):  # fe80::1%eth0: no database address column takes a zone
+        raise Invalid("must be an IPv4 or IPv6 address without a zone")
+    return str(address)
 
 
 def clean_report(payload: dict, now) -> dict:
@@ -179,8 +191,8 @@ def clean_report(payload: dict, now) -> dict:
         "os_version": lambda v: {"os_version": _version(v), "os_version_key": version_key(v)},
         "agent_version": lambda v: {"agent_version": _version(v), "agent_version_key": version_key(v)},
         "ip_address": lambda v: {"ip_address": _ip(v)},
-        "api_address": lambda v: {"api_address": _http_url(v, allow_https=True)},
-        "web_address": lambda v: {"web_address": _http_url(v, allow_https=False)},
+        "api_address": lambda v: {"api_address": _device_url(v, schemes=("http", "https"))},
+        "web_address": lambda v: {"web_address": _device_url(v, schemes=("http",))},
         "uptime_s": lambda v: {"booted_at": now - timedelta(seconds=_integer(v, 0, 10 * 365 * 86400))},
         "release": lambda v: {"release_commit": _string(v or "", 40)},
         "update_lock_held": lambda v: {"update_lock_held": _boolean(v)},
@@ -212,7 +224,7 @@ def register(request):
     payload = _json_body(request)
     errors = {}
     uuid = payload.get("uuid")
-    if not isinstance(uuid, str) or not UUID_RE.match(uuid):
+    if not isinstance(uuid, str) or not UUID_RE.fullmatch(uuid):
         errors["uuid"] = "must be 32 lowercase hex characters"
     for name in ("os_version", "agent_version"):
         try:
@@ -287,8 +299,9 @@ def action_result(request, identity):
         errors["reason"] = "must be a string"
     if errors:
         raise AgentError(400, "invalid", "The result has invalid fields.", errors)
-    _, device_id = parse_delivery_key(key)
-    if device_id != identity.id:
+    action_id, device_id = parse_delivery_key(key)
+    # One indexed read (results are rare next to reports); the write itself is buffered.
+    if device_id != identity.id or not ActionDelivery.objects.filter(action_id=action_id, device_id=device_id).exists():
         raise AgentError(404, "unknown_action", "That key is not an action delivery of this device.")
     ingest.buffer_result(identity.id, key, state, reason[:300])
     return HttpResponse(status=204)

@@ -103,7 +103,11 @@ def decode_cursor(cursor: str, sort: Sort) -> list | None:
                 value = datetime.fromisoformat(value)
             except (TypeError, ValueError):
                 return None
-        elif field_name == "id" and not isinstance(value, int):
+        elif field_name == "id" or field_name.endswith("_id"):
+            # bool is an int too; beyond 64 bits the database driver raises rather than compares.
+            if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < 2**63:
+                return None
+        elif not isinstance(value, str):  # a list or an object cannot be an SQL parameter
             return None
         decoded.append(value)
     return decoded

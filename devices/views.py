@@ -32,6 +32,9 @@ from fleets.models import Fleet, FleetRole
 from fleets.selectors import device_for_user, devices_for_user, fleet_for_user
 
 MAX_SELECTED_IDS = 1000
+MAX_ROW_ID = 2**63 - 1  # a BigAutoField's largest value: larger ints make the database driver raise
+# A selection's filter is stored on the action as it was sent: a querystring, not a document.
+MAX_FILTER_LENGTH = 2000
 DEVICE_PAGE_SIZE = 50
 OUTCOME_PAGE_SIZE = 100
 TTL_CHOICES = [(1, "1 hour"), (6, "6 hours"), (24, "1 day"), (72, "3 days"), (168, "7 days")]
@@ -84,6 +87,8 @@ def _device_menu(device: Device) -> list[services.ActionSpec]:
 
 def _unavailable(spec: services.ActionSpec, device: Device) -> str | None:
     """Why this device cannot take the action now (shown instead of a button that does nothing)."""
+    if spec.refusal_for(device.access):
+        return spec.refusal_for(device.access)
     if spec.requires_agent_api and not device.has_agent_api:
         return f"Agent {device.agent_version} has no action API: needs 1.1.0 or newer"
     if not device.is_active and not spec.applies_to_deactivated:
@@ -161,6 +166,11 @@ class BadSelection(Exception):
     pass
 
 
+def _is_device_id(raw: str) -> bool:
+    """Plain ASCII digits naming a row id the database can hold (not "١", "1_0", " 1" or 10**30)."""
+    return raw.isascii() and raw.isdigit() and len(raw) <= 19 and 0 < int(raw) <= MAX_ROW_ID
+
+
 def _selection_target(fleet: Fleet, data) -> Target:
     """Ids ticked on the list, all devices matching a filter, or (neither) the whole fleet.
 
@@ -169,7 +179,10 @@ def _selection_target(fleet: Fleet, data) -> Target:
     """
     fleet_devices = Device.objects.filter(fleet=fleet)
     if data.get("all_matching") == "1":
-        query = list_querystring(QueryDict(data.get("filter", "")))
+        query = data.get("filter", "")
+        if len(query) > MAX_FILTER_LENGTH:
+            raise BadSelection(f"The filter is too long (at most {MAX_FILTER_LENGTH:,} characters).")
+        query = list_querystring(QueryDict(query))
         try:
             devices, _ = filtered_devices(fleet_devices, query)
         except ValueError as error:
@@ -178,10 +191,9 @@ def _selection_target(fleet: Fleet, data) -> Target:
     raw_ids = data.getlist("ids")
     if not raw_ids:
         return Target(fleet, ActionScope.FLEET, fleet_devices)
-    try:
-        ids = sorted({int(i) for i in raw_ids})
-    except ValueError:
-        raise BadSelection("The selection is not a list of devices.") from None
+    if not all(_is_device_id(i) for i in raw_ids):
+        raise BadSelection("The selection is not a list of devices.")
+    ids = sorted({int(i) for i in raw_ids})
     if len(ids) > MAX_SELECTED_IDS:
         raise BadSelection(
             f"Select at most {MAX_SELECTED_IDS} devices by hand, or use “select all matching”."
@@ -211,6 +223,8 @@ def _spec_or_404(kind: str) -> services.ActionSpec:
 def device_action(request, uuid, kind):
     spec = _spec_or_404(kind)
     device = device_for_user(request.user, uuid, spec.min_role)
+    if spec.refusal_for(device.access):
+        raise PermissionDenied(spec.refusal_for(device.access))
     target = Target(device.fleet, ActionScope.DEVICE, Device.objects.filter(pk=device.pk), device=device)
     return _confirm_or_dispatch(request, spec, target)
 
@@ -219,6 +233,8 @@ def device_action(request, uuid, kind):
 def fleet_action(request, fleet_id, kind):
     spec = _spec_or_404(kind)
     fleet = fleet_for_user(request.user, fleet_id, spec.min_role)
+    if spec.refusal_for(fleet.access):
+        raise PermissionDenied(spec.refusal_for(fleet.access))
     try:
         target = _selection_target(fleet, request.POST if request.method == "POST" else request.GET)
     except BadSelection as error:
@@ -298,12 +314,14 @@ def _confirm_or_dispatch(request, spec: services.ActionSpec, target: Target):
     ttl = None
     if not error and policy == OfflinePolicy.QUEUE:
         try:
-            ttl = timedelta(hours=int(request.POST.get("ttl_hours", "")))
+            hours = int(request.POST.get("ttl_hours", ""))
         except ValueError:
             error = "Choose how long to keep the action for offline devices."
-        else:
-            if not timedelta(hours=1) <= ttl <= timedelta(days=7):
+        else:  # the range before the timedelta: a huge number of hours overflows it
+            if not 1 <= hours <= 7 * 24:
                 error = "Keep it between 1 hour and 7 days."
+            else:
+                ttl = timedelta(hours=hours)
     possible = services.action_possible(kind=spec.kind, devices=target.devices, offline_policy=policy, params=params)
     if not error and not possible:
         error = "None of the selected devices can receive this action."

@@ -109,9 +109,11 @@ class SupportGrantForm(forms.Form):
         amount = data.get("custom_amount")
         if not amount:
             raise ValidationError("Give the custom period as a number of hours or days.")
-        period = timedelta(**{data.get("custom_unit") or "hours": amount})
-        if period > SUPPORT_MAX:
+        unit = data.get("custom_unit") or "hours"
+        # Compared before building the timedelta: a huge amount overflows it.
+        if amount > SUPPORT_MAX / timedelta(**{unit: 1}):
             raise ValidationError("Support access can be granted for at most 30 days at a time.")
+        period = timedelta(**{unit: amount})
         data["period"] = period
         return data
 

@@ -119,7 +119,9 @@ def fleet_detail(request, fleet_id):
         "actions": [
             spec
             for spec in ACTIONS.values()
-            if ActionScope.SELECTION in spec.scopes and fleet.access.allows(spec.role_for(ActionScope.SELECTION))
+            if ActionScope.SELECTION in spec.scopes
+            and fleet.access.allows(spec.role_for(ActionScope.SELECTION))
+            and not spec.refusal_for(fleet.access)
         ],
         "querystring": querystring,
         "saved_views": saved_views,

@@ -14,6 +14,7 @@ progress is one row read.
 import asyncio
 import json
 import logging
+import re
 import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
@@ -25,6 +26,7 @@ from django.db import connection, transaction
 from django.db.models import Case, CharField, Count, DateTimeField, F, IntegerField, QuerySet, Value, When
 from django.utils import timezone
 
+from devices.addresses import address_refusal
 from devices.filters import filtered_devices
 from devices.keys import push_secret_for, sign_push
 from devices.models import (
@@ -46,6 +48,7 @@ from devices.versions import AGENT_API_MIN
 from fleets.models import Fleet
 
 log = logging.getLogger(__name__)
+AGENT_API_SCHEMES = ("http", "https")
 
 
 def _rules(spec: ActionSpec, params: dict, offline_policy: str, now) -> list[Rule]:
@@ -514,6 +517,9 @@ async def _push_one(session, kind: str, params: dict, action_id: int, target: di
     device_id = target["pk"]
     if not target["api_address"]:
         return PushResult(device_id, DeliveryState.FAILED, "The agent has not reported an API address")
+    refusal = address_refusal(target["api_address"], schemes=AGENT_API_SCHEMES)
+    if refusal:
+        return PushResult(device_id, DeliveryState.FAILED, f"The agent's API address {refusal}"[:300])
     key = delivery_key(action_id, device_id)
     path = f"/v1/actions/{kind}"
     body = json.dumps({"key": key, "params": params}).encode()
@@ -548,11 +554,13 @@ async def _push_one(session, kind: str, params: dict, action_id: int, target: di
 
 def devices_nudge(device_ids: list[int]) -> int:
     """Ask agents to poll their target state now (a setting changed); best effort, not recorded."""
-    targets = list(
-        Device.objects.filter(pk__in=device_ids, agent_version_key__gte=AGENT_API_MIN)
+    targets = [
+        target
+        for target in Device.objects.filter(pk__in=device_ids, agent_version_key__gte=AGENT_API_MIN)
         .exclude(api_address="")
         .values("uuid", "api_address")
-    )
+        if not address_refusal(target["api_address"], schemes=AGENT_API_SCHEMES)
+    ]
     return sum(asyncio.run(_nudge_all(targets)))
 
 
@@ -598,6 +606,8 @@ async def _error_detail(response) -> str:
 
 # --- Results, cancel, sweep ----------------------------------------------------------------------
 
+# "<action id>-<device id>" (models.delivery_key); at most 18 digits each, so the ids fit the database.
+DELIVERY_KEY = re.compile(r"(?P<action>[0-9]{1,18})-(?P<device>[0-9]{1,18})")
 RESULT_STATES = {
     "succeeded": DeliveryState.SUCCEEDED,
     "failed": DeliveryState.FAILED,
@@ -614,11 +624,11 @@ def action_record_result(*, device: Device, key: str, state: str, reason: str = 
 
 
 def parse_delivery_key(key: str) -> tuple[int, int]:
-    try:
-        action_id, device_id = (int(part) for part in key.split("-", 1))
-    except ValueError:
-        raise AgentError(404, "unknown_action", "That key is not an action delivery.") from None
-    return action_id, device_id
+    """`<action id>-<device id>`, each at most 18 digits (ASCII only: no int() surprises)."""
+    match = DELIVERY_KEY.fullmatch(key)
+    if match is None:
+        raise AgentError(404, "unknown_action", "That key is not an action delivery.")
+    return int(match["action"]), int(match["device"])
 
 
 @transaction.atomic

@@ -67,6 +67,8 @@ class ActionSpec:
     form: str = ""  # dotted path of the parameters form, if the kind takes parameters
     after: Callable | None = None  # after(action, devices): extra work on the devices it applied to
     check: Callable | None = None  # check(device) -> why it is refused, for single-device actions
+    # False: support staff acting under a support grant may not run it (a grant must not extend itself).
+    support_may_run: bool = True
 
     @property
     def label(self) -> str:
@@ -80,6 +82,12 @@ class ActionSpec:
     def requires_agent_api(self) -> bool:
         """Devices with agents older than 1.1.0 cannot take it at all."""
         return self.needs_agent_api or self.needs_api_for_setting
+
+    def refusal_for(self, access) -> str:
+        """Why someone with `access` (fleets.selectors.Access) may not run this kind at all ("" if they may)."""
+        if access.via_support and not self.support_may_run:
+            return f"Support staff cannot {self.label.lower()}: their access must end when the grant does."
+        return ""
 
     def role_for(self, scope: str) -> FleetRole:
         return self.fleet_role if scope == ActionScope.FLEET and self.fleet_role else self.min_role
@@ -327,6 +335,7 @@ ACTIONS = {
             sets=_support_until,
             done_reason=lambda params: f"Support access for {params['label']}",
             form="devices.forms.SupportAccessForm",
+            support_may_run=False,
         ),
         ActionSpec(
             ActionKind.SUPPORT_REVOKE,

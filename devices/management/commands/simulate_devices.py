@@ -65,7 +65,9 @@ class Command(BaseCommand):
             "--port", type=int, default=48484, help="Port of the simulator (0: any free one)."
         )
         parser.add_argument(
-            "--advertise-host", default=None, help="Host devices report in their addresses (default: --host)."
+            "--advertise-host", default=None,
+            help="IP address devices report in their addresses (default: --host); the server connects only "
+            "to IP addresses in its DEVICE_ALLOWED_NETWORKS.",
         )
         parser.add_argument("--state-file", default=".run/simulator.json", help="Where devices are kept.")
         parser.add_argument("--report-interval", type=float, default=10.0, metavar="S")

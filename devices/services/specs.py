@@ -152,34 +152,22 @@ def _os_rules(params: dict) -> list[Rule]:
     ]
 
 
+def _other_architecture(arch: str, consequence: str) -> Rule:
+    """Devices of another CPU architecture are skipped; the reason ends with `consequence`."""
+    return Rule(
+        ~Q(device_type__arch=arch),
+        DeliveryState.UNSUPPORTED,
+        Concat(Value("A "), F("device_type__arch"), Value(f" device {consequence}")),
+        f"CPU architecture is not {arch}",
+    )
+
+
 def _move_rules(params: dict) -> list[Rule]:
-    return [
-        Rule(
-            ~Q(device_type__arch=params["arch"]),
-            DeliveryState.UNSUPPORTED,
-            Concat(
-                Value("A "),
-                F("device_type__arch"),
-                Value(f" device cannot run in {params['fleet_name']} ({params['arch']})"),
-            ),
-            f"CPU architecture is not {params['arch']}",
-        )
-    ]
+    return [_other_architecture(params["arch"], f"cannot run in {params['fleet_name']} ({params['arch']})")]
 
 
 def _device_type_rules(params: dict) -> list[Rule]:
-    return [
-        Rule(
-            ~Q(device_type__arch=params["arch"]),
-            DeliveryState.UNSUPPORTED,
-            Concat(
-                Value("A "),
-                F("device_type__arch"),
-                Value(f" device cannot become {params['device_type_name']}"),
-            ),
-            f"CPU architecture is not {params['arch']}",
-        )
-    ]
+    return [_other_architecture(params["arch"], f"cannot become {params['device_type_name']}")]
 
 
 def _deactivate_rules(params: dict) -> list[Rule]:

@@ -68,7 +68,6 @@ def test_three_ticked_devices_of_a_filtered_list_are_purged(
 
 
 @pytest.mark.integration
-@pytest.mark.skip(reason="needs the matching count of a filter (select all N matching) from issue 3")
 def test_select_all_matching_reaches_exactly_the_devices_of_the_filter(page, demo, celery_worker):
     # More than a page (50) match, so "all matching" cannot be the ticked rows of the page.
     lobby = [make_device(demo.fleet, name=f"kiosk-lobby-{n:02}") for n in range(1, 56)]

@@ -42,7 +42,7 @@ def test_a_fleet_wide_restart_with_typed_confirmation_runs_to_100_percent(
 
     expect(page.get_by_role("heading", name="Restart services", exact=True)).to_be_visible()
     expect(
-        page.get_by_role("status").filter(has_text="Restart services: sent to all 4 devices of kiosks")
+        page.get_by_role("status").filter(has_text="Restart services: sent to every device of kiosks")
     ).to_be_visible()
     page.evaluate("window.__sameDocument = true")  # gone if the page reloads
     screenshot(page, "action-progress-started")

@@ -34,7 +34,7 @@ def test_a_public_url_turned_on_opens_the_device_web_page_through_the_proxy(
     login(page, demo.operator)
     page.goto(f"/devices/{device.uuid}/")
     live = page.locator("#device-live")
-    expect(live.get_by_text("Off", exact=True)).to_be_visible()
+    expect(live.locator("#public-url").get_by_text("Off", exact=True)).to_be_visible()
 
     page.get_by_role("button", name="Turn the public device URL on").click()
     expect(
@@ -57,7 +57,7 @@ def test_a_public_url_turned_on_opens_the_device_web_page_through_the_proxy(
 
     page.bring_to_front()
     page.get_by_role("button", name="Turn the public device URL off").click()
-    expect(live.get_by_text("Off", exact=True)).to_be_visible()
+    expect(live.locator("#public-url").get_by_text("Off", exact=True)).to_be_visible()
     page_guard.allow_console_error("status of 404 (Not Found)")
     device_page.reload()
     expect(device_page.get_by_role("heading", name="No public URL here")).to_be_visible()

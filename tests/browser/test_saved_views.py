@@ -12,7 +12,6 @@ from tests.factories import make_device
 pytestmark = [
     pytest.mark.browser,
     pytest.mark.integration,
-    pytest.mark.skip(reason="needs saved views from issue 3"),
 ]
 
 
@@ -57,5 +56,5 @@ def test_a_user_deletes_a_saved_view_of_their_own(page, demo):
     page.get_by_role("dialog").get_by_role("button", name="Save").click()
     expect(page.get_by_role("link", name="Lobby kiosks")).to_be_visible()
 
-    page.get_by_role("button", name="Delete view Lobby kiosks").click()
+    page.get_by_role("button", name="Delete the view Lobby kiosks").click()
     expect(page.get_by_role("link", name="Lobby kiosks")).to_have_count(0)

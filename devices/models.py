@@ -195,10 +195,12 @@ class ActionState(models.TextChoices):
     EXPANDING = "expanding", "Choosing devices"
     DISPATCHING = "dispatching", "Dispatching"
     DONE = "done", "Done"
+    HALTED = "halted", "Halted: too many failures"
     CANCELLED = "cancelled", "Cancelled"
 
 
 class DeliveryState(models.TextChoices):
+    HELD = "held", "Held for a later stage"
     PENDING = "pending", "Pending"
     WAITING = "waiting", "Waiting for device"
     SENDING = "sending", "Sending"
@@ -213,6 +215,7 @@ class DeliveryState(models.TextChoices):
 
 
 OPEN_DELIVERY_STATES = (
+    DeliveryState.HELD,
     DeliveryState.PENDING,
     DeliveryState.WAITING,
     DeliveryState.SENDING,
@@ -254,6 +257,7 @@ class DeviceAction(models.Model):
     finished_at = models.DateTimeField(null=True, blank=True)
 
     target_count = models.PositiveIntegerField(default=0)
+    held_count = models.PositiveIntegerField(default=0)
     pending_count = models.PositiveIntegerField(default=0)
     waiting_count = models.PositiveIntegerField(default=0)
     sending_count = models.PositiveIntegerField(default=0)
@@ -286,7 +290,7 @@ class DeviceAction(models.Model):
 
     @property
     def progress_percent(self) -> int:
-        if self.state == ActionState.DONE or self.state == ActionState.CANCELLED:
+        if not self.is_open:
             return 100
         if not self.target_count:
             return 0
@@ -294,12 +298,14 @@ class DeviceAction(models.Model):
 
     @property
     def is_open(self) -> bool:
-        return self.state not in (ActionState.DONE, ActionState.CANCELLED)
+        return self.state not in (ActionState.DONE, ActionState.HALTED, ActionState.CANCELLED)
 
     @property
     def progress_tone(self) -> str:
         if self.is_open:
             return ""
+        if self.state == ActionState.HALTED:
+            return "danger"
         return "warning" if self.failed_count or self.blocked_count else "success"
 
 

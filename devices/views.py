@@ -322,6 +322,9 @@ def _confirm_or_dispatch(request, spec: services.ActionSpec, target: Target):
                 error = "Keep it between 1 hour and 7 days."
             else:
                 ttl = timedelta(hours=hours)
+    rollout = None
+    if not error and data.get("staged") == "1":
+        rollout, error = _rollout(data, policy)
     possible = services.action_possible(kind=spec.kind, devices=target.devices, offline_policy=policy, params=params)
     if not error and not possible:
         error = "None of the selected devices can receive this action."
@@ -339,6 +342,7 @@ def _confirm_or_dispatch(request, spec: services.ActionSpec, target: Target):
             params=params,
             offline_policy=policy if spec.needs_agent_api else OfflinePolicy.ONLINE_ONLY,
             ttl=ttl,
+            rollout=rollout,
         )
     verb = "sent to" if spec.needs_agent_api else "applied to"
     messages.success(request, f"{spec.label}: {verb} {target.what()}.")
@@ -349,6 +353,19 @@ def _confirm_or_dispatch(request, spec: services.ActionSpec, target: Target):
     else:
         url = reverse("fleets:action", args=[target.fleet.pk, action.pk])
     return HttpResponseClientRedirect(url) if request.htmx else redirect(url)
+
+
+def _rollout(data, policy: str) -> tuple[dict | None, str | None]:
+    """The staged rollout the confirmation asked for, or why it cannot be done."""
+    if policy != OfflinePolicy.ONLINE_ONLY:
+        return None, "A staged rollout reaches the devices online at each stage: choose to skip offline devices."
+    try:
+        size, halt = int(data.get("stage_size", "")), int(data.get("halt_failure_pct", ""))
+    except ValueError:
+        return None, "Give the number of devices per stage and the failure percentage that halts the rollout."
+    if not 1 <= size <= 100_000 or not 0 <= halt <= 100:
+        return None, "A stage has 1 to 100,000 devices; the halt threshold is 0 to 100%."
+    return {"size": size, "halt_failure_pct": halt}, None
 
 
 # --- Progress, outcomes, cancel ------------------------------------------------------------------

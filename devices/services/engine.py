@@ -172,6 +172,7 @@ def action_create(
     params: dict | None = None,
     offline_policy: str = OfflinePolicy.ONLINE_ONLY,
     ttl: timedelta | None = None,
+    rollout: dict | None = None,
 ) -> DeviceAction:
     """Record an action and enqueue its dispatch after commit. The caller has checked the actor's role."""
     spec = ACTIONS.get(kind)
@@ -181,6 +182,15 @@ def action_create(
         raise ActionError(f"{spec.label} cannot be applied to {ActionScope(scope).label.lower()}.")
     if offline_policy == OfflinePolicy.QUEUE and not ttl:
         raise ActionError("Queued delivery needs a time limit.")
+    params = dict(params or {})
+    if rollout:
+        if not spec.needs_agent_api or scope == ActionScope.DEVICE:
+            raise ActionError("Only actions sent to several devices can be rolled out in stages.")
+        if offline_policy != OfflinePolicy.ONLINE_ONLY:
+            raise ActionError("A staged rollout reaches the devices online at each stage; it cannot also wait for offline ones.")
+        if rollout["size"] < 1 or not 0 <= rollout["halt_failure_pct"] <= 100:
+            raise ActionError("A stage has at least one device, and the halt threshold is a percentage.")
+        params["rollout"] = {"size": rollout["size"], "halt_failure_pct": rollout["halt_failure_pct"]}
     now = timezone.now()
     action = DeviceAction.objects.create(
         organization_id=fleet.organization_id,
@@ -192,7 +202,7 @@ def action_create(
         kind=kind,
         scope=scope,
         selection=selection or {},
-        params=params or {},
+        params=params,
         offline_policy=offline_policy,
         deliver_until=now + ttl if offline_policy == OfflinePolicy.QUEUE else None,
         created_at=now,
@@ -271,14 +281,75 @@ def _transition(
 
 
 def _finish_if_settled(action_id: int) -> None:
-    DeviceAction.objects.filter(
+    """Once nothing of the action is on its way: the next stage of a staged rollout, or done."""
+    settled = DeviceAction.objects.filter(
         pk=action_id,
         state=ActionState.DISPATCHING,
         pending_count=0,
         waiting_count=0,
         sending_count=0,
         sent_count=0,
-    ).update(state=ActionState.DONE, finished_at=timezone.now())
+    )
+    if settled.filter(held_count__gt=0).exists():
+        _next_stage(action_id)
+    else:
+        settled.update(state=ActionState.DONE, finished_at=timezone.now())
+
+
+# --- Staged rollouts -----------------------------------------------------------------------------
+# A staged action sends `size` devices at a time. When a stage has settled, it goes on with the next
+# one, unless more than `halt_failure_pct` of the stage failed: then it halts, and the devices it held
+# back are cancelled. Failures are results the devices report (or their silence, once the sweeper
+# fails them): a device that does not come back from a reboot stops the rollout.
+
+
+def _failures(action: DeviceAction) -> int:
+    return action.failed_count + action.blocked_count
+
+
+def _next_stage(action_id: int) -> None:
+    with transaction.atomic():
+        action = DeviceAction.objects.select_for_update().filter(pk=action_id, state=ActionState.DISPATCHING).first()
+        in_flight = action and action.pending_count + action.waiting_count + action.sending_count + action.sent_count
+        if action is None or action.held_count == 0 or in_flight:
+            return  # another transition got here first
+        rollout = dict(action.params["rollout"])
+        failed = _failures(action) - rollout["failed_before"]
+        if failed * 100 > rollout["halt_failure_pct"] * rollout["stage_devices"]:
+            reason = (
+                f"Halted after stage {rollout['stage']}: {failed} of {rollout['stage_devices']} devices failed "
+                f"(limit {rollout['halt_failure_pct']}%)"
+            )
+            rows = ActionDelivery.objects.filter(action_id=action_id)
+            _transition(action_id, rows, [DeliveryState.HELD], DeliveryState.CANCELLED, reason=reason)
+            DeviceAction.objects.filter(pk=action_id).update(
+                state=ActionState.HALTED, finished_at=timezone.now(), summary=reason
+            )
+            return
+        device_ids = _release_stage(action, rollout)
+    transaction.on_commit(lambda: _enqueue_batches(action_id, device_ids))
+
+
+def _release_stage(action: DeviceAction, rollout: dict) -> list[int]:
+    """Move the next `size` held devices to pending; returns them (to be enqueued after commit)."""
+    held = ActionDelivery.objects.filter(action_id=action.pk, state=DeliveryState.HELD)
+    device_ids = list(held.order_by("device_id").values_list("device_id", flat=True)[: rollout["size"]])
+    _transition(action.pk, held.filter(device_id__in=device_ids), [DeliveryState.HELD], DeliveryState.PENDING)
+    rollout.update(stage=rollout["stage"] + 1, stage_devices=len(device_ids), failed_before=_failures(action))
+    DeviceAction.objects.filter(pk=action.pk).update(params=action.params | {"rollout": rollout})
+    return device_ids
+
+
+def _hold_for_stages(action_id: int, size: int) -> list[int]:
+    """At the end of a staged action's expansion: keep the first stage pending, hold the rest back."""
+    pending = ActionDelivery.objects.filter(action_id=action_id, state=DeliveryState.PENDING)
+    first = list(pending.order_by("device_id").values_list("device_id", flat=True)[:size])
+    if first:
+        _transition(action_id, pending.filter(device_id__gt=first[-1]), [DeliveryState.PENDING], DeliveryState.HELD)
+    action = DeviceAction.objects.get(pk=action_id)
+    rollout = action.params["rollout"] | {"stage": 1, "stage_devices": len(first), "failed_before": _failures(action)}
+    DeviceAction.objects.filter(pk=action_id).update(params=action.params | {"rollout": rollout})
+    return first
 
 
 # --- Expansion -----------------------------------------------------------------------------------
@@ -312,6 +383,9 @@ def action_expand(action_id: int) -> None:
     spec = ACTIONS[action.kind]
     rules = _rules(spec, action.params, action.offline_policy, action.created_at)
     default_state, _ = spec.default_outcome(action.params)
+    staged = "rollout" in action.params
+    if staged:
+        backlog = []  # a resumed staged expansion holds and enqueues its first stage at the end
     while True:
         with transaction.atomic():
             if (
@@ -325,14 +399,19 @@ def action_expand(action_id: int) -> None:
                 upto = max(device_id for device_id, _ in inserted)
                 _apply_setting(action, spec, [device_id for device_id, state in inserted if state == default_state])
                 _count_chunk(action_id, inserted)
-        backlog += sorted(device_id for device_id, state in inserted if state == DeliveryState.PENDING)
         finished = len(inserted) < EXPAND_CHUNK
-        ready = len(backlog) if finished else len(backlog) - len(backlog) % size
-        _enqueue_batches(action_id, backlog[:ready])
-        backlog = backlog[ready:]
+        if not staged:
+            backlog += sorted(device_id for device_id, state in inserted if state == DeliveryState.PENDING)
+            ready = len(backlog) if finished else len(backlog) - len(backlog) % size
+            _enqueue_batches(action_id, backlog[:ready])
+            backlog = backlog[ready:]
         if finished:
             break
         last = upto
+    if staged:
+        with transaction.atomic():
+            first_stage = _hold_for_stages(action_id, action.params["rollout"]["size"])
+        _enqueue_batches(action_id, first_stage)
     DeviceAction.objects.filter(pk=action_id, state=ActionState.EXPANDING).update(
         state=ActionState.DISPATCHING
     )
@@ -684,7 +763,7 @@ def action_cancel(*, action: DeviceAction) -> int:
     return _transition(
         action.pk,
         rows,
-        [DeliveryState.PENDING, DeliveryState.WAITING],
+        [DeliveryState.HELD, DeliveryState.PENDING, DeliveryState.WAITING],
         DeliveryState.CANCELLED,
         reason="Cancelled before it was sent",
         now=now,

@@ -214,3 +214,23 @@ def test_every_general_action_is_refused_to_observers_and_developers(client, p, 
     client.force_login(p.outsider)
     assert client.post(f"/devices/{device.uuid}/actions/{kind}/").status_code == 404
     assert not DeviceAction.objects.exists()
+
+
+class TestStagedRollout:
+    def test_a_device_that_does_not_come_back_halts_the_rollout(self, client, p, celery_worker, provision,
+                                                                 simulator):
+        celery_worker.restart(env={"AGENT_PUSH_TIMEOUT_S": "3"})
+        devices = [provision(p.fleet, name=f"stage-{i}") for i in range(4)]
+        simulator.hang(devices[0].uuid)  # the first stage's first device never answers
+        client.force_login(p.operator)
+        response = client.post(f"/fleets/{p.fleet.pk}/actions/reboot/",
+                               {"staged": "1", "stage_size": "2", "halt_failure_pct": "25"})
+        assert response.status_code == 302
+        action = DeviceAction.objects.get()
+        wait_until(lambda: DeviceAction.objects.get(pk=action.pk).state == "halted", timeout=60,
+                   message="the rollout to halt")
+        outcomes = dict(ActionDelivery.objects.filter(action=action).values_list("device_name", "state"))
+        assert outcomes == {"stage-0": "failed", "stage-1": "succeeded", "stage-2": "cancelled",
+                            "stage-3": "cancelled"}
+        for device in devices[2:]:
+            assert simulator.snapshot(device.uuid)["actions_executed"].get("reboot", 0) == 0

@@ -199,6 +199,17 @@ CELERY_TASK_PUBLISH_RETRY_POLICY = {
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_TASK_DEFAULT_QUEUE = env_str("CELERY_DEFAULT_QUEUE", "dashboard")
 CELERY_TIMEZONE = "UTC"
+# Production (README, Deployment): one queue per kind of work, so a fleet-wide fan-out never waits
+# behind, or holds up, the rest; each machine's workers consume the queues they are sized for. Off
+# by default: `make run`, the tests and the benches run one worker on the default queue.
+if env_bool("CELERY_QUEUE_PER_KIND", False):
+    CELERY_TASK_ROUTES = {
+        "devices.tasks.expand_action": {"queue": "expand"},
+        "devices.tasks.deliver_batch": {"queue": "deliver"},
+        "devices.tasks.deliver_waiting": {"queue": "deliver"},
+        "devices.tasks.nudge_devices": {"queue": "deliver"},
+        "devices.tasks.flush_agent_reports": {"queue": "ingest"},
+    }
 CELERY_BEAT_SCHEDULE = {
     "sweep-actions": {"task": "devices.tasks.sweep_actions", "schedule": env_float("SWEEP_INTERVAL_S", 5.0)},
     # A safety net: the flusher threads drain the agent buffer continuously; this catches any leftover.

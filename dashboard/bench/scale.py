@@ -47,6 +47,7 @@ class Plan:
     run_dir: Path
     web_port: int
     web_workers: int
+    web_threads: int
     poll_interval: float
     duration: float
     ingest_duration: float
@@ -92,6 +93,12 @@ def start_server_side(plan: Plan) -> None:
             f"127.0.0.1:{plan.web_port}",
             "-w",
             str(plan.web_workers),
+            "-k",
+            "gthread",  # keep-alive: a sync worker waits on every client's close (agents reuse connections)
+            "--threads",
+            str(plan.web_threads),
+            "--keep-alive",
+            "30",
             "--backlog",
             "4096",
             "--timeout",
@@ -230,7 +237,7 @@ def measure_ingest_server_alone(plan: Plan) -> None:
     argv = loadgen.agent_reports_command(plan.url, keys, body, plan.ingest_duration, 64, sys.executable)
     generator = "wrk" if loadgen.wrk_available() else "python"
     plan.log(f"  {generator} replaying reports of {plan.fleet.size:,} devices for {plan.ingest_duration:.0f} s, "
-             f"{plan.web_workers} gunicorn workers")  # fmt: skip
+             f"gunicorn: {plan.web_workers} workers x {plan.web_threads} threads")  # fmt: skip
     loadgen.run_agent_reports(
         loadgen.agent_reports_command(plan.url, keys, body, 3, 64, sys.executable), 60
     )  # warm-up

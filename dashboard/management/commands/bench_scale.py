@@ -15,6 +15,7 @@ the figures' meaning.
 import json
 import os
 import random
+import signal
 import sys
 import time
 from pathlib import Path
@@ -108,7 +109,10 @@ class Command(BaseCommand):
     def add_arguments(self, parser):
         parser.add_argument("--devices", type=int, default=100_000, help="simulated devices (default 100000)")
         parser.add_argument("--processes", type=int, default=4, help="simulator processes (default 4)")
-        parser.add_argument("--web-workers", type=int, default=3, help="gunicorn sync workers (default 3)")
+        parser.add_argument("--web-workers", type=int, default=3, help="gunicorn gthread workers (default 3)")
+        parser.add_argument(
+            "--web-threads", type=int, default=4, help="threads per gunicorn worker (default 4)"
+        )
         parser.add_argument("--web-port", type=int, default=8100)
         parser.add_argument(
             "--first-simulator-port",
@@ -180,6 +184,9 @@ class Command(BaseCommand):
         os.execve(sys.executable, [sys.executable, *sys.argv], env)
 
     def _run(self, options):
+        # Stopped by Ctrl-C or SIGTERM (even when started in the background): stop every process first.
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit("stopped by SIGTERM"))
         log = self.stdout.write
         started = time.monotonic()
         if connection.vendor != "postgresql":
@@ -204,7 +211,7 @@ class Command(BaseCommand):
         )  # fmt: skip
         plan = scale.Plan(
             fleet=fleet, probes=fleet.probes, run_dir=run_dir, web_port=options["web_port"],
-            web_workers=options["web_workers"], poll_interval=options["poll_interval"],
+            web_workers=options["web_workers"], web_threads=options["web_threads"], poll_interval=options["poll_interval"],
             duration=options["duration"], ingest_duration=options["ingest_duration"],
             load_users=options["users"], load_duration=options["load_duration"],
             restart_timeout=options["restart_timeout"], env=env, log=log,

@@ -17,7 +17,9 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 
 def test_provisioned_devices_are_registered_as_the_agent_api_would_register_them(tmp_path):
-    fleet = provision(30, processes=2, state_dir=tmp_path, server_url="http://127.0.0.1:8100", first_port=21100)
+    fleet = provision(
+        30, processes=2, state_dir=tmp_path, server_url="http://127.0.0.1:8100", first_port=21100
+    )
     assert [(port, count) for port, _, count in fleet.shards] == [(21100, 15), (21101, 15)]
     states = [item for _, path, _ in fleet.shards for item in json.loads(path.read_text())["devices"]]
     assert len(states) == Device.objects.filter(fleet=fleet.fleet).count() == 30
@@ -38,11 +40,16 @@ def test_provisioned_devices_are_registered_as_the_agent_api_would_register_them
 def test_a_second_run_reuses_the_fleet(tmp_path):
     first = provision(10, processes=1, state_dir=tmp_path, server_url="http://x", first_port=1)
     ids = set(Device.objects.filter(fleet=first.fleet).values_list("pk", flat=True))
-    again = provision(10, processes=1, state_dir=tmp_path, server_url="http://x", first_port=1, log=lambda _: None)
+    again = provision(
+        10, processes=1, state_dir=tmp_path, server_url="http://x", first_port=1, log=lambda _: None
+    )
     assert set(Device.objects.filter(fleet=again.fleet).values_list("pk", flat=True)) == ids
     assert again.probes == first.probes
 
 
 def test_the_table_names_each_figure_with_its_key():
-    text = table({"state_reports.per_s": 2500.5, "restart_fleet.end_to_end_s.100k": 95.0, "liveness_lag_s": 1.2}, "100k")
+    text = table(
+        {"state_reports.per_s": 2500.5, "restart_fleet.end_to_end_s.100k": 95.0, "liveness_lag_s": 1.2},
+        "100k",
+    )
     assert "state_reports.per_s" in text and "2,500.5" in text and "restart_fleet.end_to_end_s.100k" in text

@@ -2,13 +2,13 @@
 #
 #   make run  [PORT=8000] [ARGS="--devices 10 --no-simulator"]
 #   make test [ARGS="-k actions -x"]
-#   make bench | lint | fmt | migrate | venv | clean
+#   make bench | bench-scale | lint | fmt | migrate | venv | clean
 #
 # The virtualenv is (re)built only when pyproject.toml changes ($(STAMP)), so repeated runs are fast.
 
 SHELL := /bin/bash
 .DEFAULT_GOAL := run
-.PHONY: run test bench lint fmt migrate venv clean
+.PHONY: run test bench bench-scale lint fmt migrate venv clean
 
 VENV  := .venv
 PY    := $(VENV)/bin/python
@@ -28,6 +28,9 @@ test: $(STAMP)  ## the whole test suite (pytest); extra pytest arguments via ARG
 
 bench: $(STAMP)  ## the benchmark
 	$(PY) manage.py bench $(ARGS)
+
+bench-scale: $(STAMP)  ## the whole system at 100,000 simulated devices (gunicorn, workers, simulators)
+	$(PY) manage.py bench_scale $(ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

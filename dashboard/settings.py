@@ -190,10 +190,26 @@ CELERY_BROKER_TRANSPORT_OPTIONS = {
 }
 # Publishing from a web request gives up quickly when Redis is down: the action stays recorded as
 # waiting for dispatch, and the sweeper sends it once Redis is back.
-CELERY_TASK_PUBLISH_RETRY_POLICY = {"max_retries": 2, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.5}
+CELERY_TASK_PUBLISH_RETRY_POLICY = {
+    "max_retries": 2,
+    "interval_start": 0,
+    "interval_step": 0.2,
+    "interval_max": 0.5,
+}
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_TASK_DEFAULT_QUEUE = env_str("CELERY_DEFAULT_QUEUE", "dashboard")
 CELERY_TIMEZONE = "UTC"
+# Production (README, Deployment): one queue per kind of work, so a fleet-wide fan-out never waits
+# behind, or holds up, the rest; each machine's workers consume the queues they are sized for. Off
+# by default: `make run`, the tests and the benches run one worker on the default queue.
+if env_bool("CELERY_QUEUE_PER_KIND", False):
+    CELERY_TASK_ROUTES = {
+        "devices.tasks.expand_action": {"queue": "expand"},
+        "devices.tasks.deliver_batch": {"queue": "deliver"},
+        "devices.tasks.deliver_waiting": {"queue": "deliver"},
+        "devices.tasks.nudge_devices": {"queue": "deliver"},
+        "devices.tasks.flush_agent_reports": {"queue": "ingest"},
+    }
 CELERY_BEAT_SCHEDULE = {
     "sweep-actions": {"task": "devices.tasks.sweep_actions", "schedule": env_float("SWEEP_INTERVAL_S", 5.0)},
     # A safety net: the flusher threads drain the agent buffer continuously; this catches any leftover.
@@ -225,7 +241,9 @@ PUBLIC_URL_MAX_BYTES = env_int("PUBLIC_URL_MAX_BYTES", 10 * 1024 * 1024)
 # device addresses must be IP literals inside one of these. Default: private ranges and loopback
 # (not link-local: cloud metadata lives there). Production: the devices' network only, no loopback.
 PRIVATE_AND_LOOPBACK = "10.0.0.0/8,172.16.0.0/12,192.168.0.0/16,fc00::/7,127.0.0.0/8,::1/128"
-DEVICE_ALLOWED_NETWORKS = [n for n in env_str("DEVICE_ALLOWED_NETWORKS", PRIVATE_AND_LOOPBACK).split(",") if n]
+DEVICE_ALLOWED_NETWORKS = [
+    n for n in env_str("DEVICE_ALLOWED_NETWORKS", PRIVATE_AND_LOOPBACK).split(",") if n
+]
 
 LOGGING = {
     "version": 1,

@@ -37,7 +37,9 @@ class LoginView(auth_views.LoginView):
         if self._locked():
             form = self.get_form()
             form.errors.clear()
-            form.add_error(None, f"Too many failed sign-ins. Try again in {settings.LOGIN_LOCKOUT_S // 60} minutes.")
+            form.add_error(
+                None, f"Too many failed sign-ins. Try again in {settings.LOGIN_LOCKOUT_S // 60} minutes."
+            )
             return self.render_to_response(self.get_context_data(form=form), status=429)
         return super().post(request, *args, **kwargs)
 

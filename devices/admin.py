@@ -40,10 +40,25 @@ class OnlineFilter(admin.SimpleListFilter):
 
 @admin.register(Device)
 class DeviceAdmin(admin.ModelAdmin):
-    list_display = ["name", "uuid", "fleet", "device_type", "os_version", "agent_version", "last_seen_at", "is_active"]
+    list_display = [
+        "name",
+        "uuid",
+        "fleet",
+        "device_type",
+        "os_version",
+        "agent_version",
+        "last_seen_at",
+        "is_active",
+    ]
     list_filter = [
-        OnlineFilter, "is_active", "device_type", "fleet__organization", "public_url_enabled", "local_mode",
-        "update_lock_held", "agent_status",
+        OnlineFilter,
+        "is_active",
+        "device_type",
+        "fleet__organization",
+        "public_url_enabled",
+        "local_mode",
+        "update_lock_held",
+        "agent_status",
     ]
     search_fields = ["uuid", "name"]
     list_select_related = ["fleet", "device_type"]
@@ -70,8 +85,17 @@ class DeviceActionAdmin(admin.ModelAdmin):
     """The audit log: read-only."""
 
     list_display = [
-        "created_at", "kind", "scope", "fleet_name", "actor_name", "state", "target_count", "succeeded_count",
-        "failed_count", "missed_count", "unsupported_count",
+        "created_at",
+        "kind",
+        "scope",
+        "fleet_name",
+        "actor_name",
+        "state",
+        "target_count",
+        "succeeded_count",
+        "failed_count",
+        "missed_count",
+        "unsupported_count",
     ]
     list_filter = ["kind", "state", "scope", "offline_policy", "organization"]
     search_fields = ["fleet_name", "actor_name", "summary"]

@@ -220,7 +220,9 @@ def clean_report(payload: dict, now) -> dict:
 def register(request):
     key = _bearer(request)
     if not key:
-        raise AgentError(401, "invalid_provisioning_key", "Send the fleet's provisioning key as a Bearer token.")
+        raise AgentError(
+            401, "invalid_provisioning_key", "Send the fleet's provisioning key as a Bearer token."
+        )
     payload = _json_body(request)
     errors = {}
     uuid = payload.get("uuid")
@@ -272,7 +274,11 @@ def report_state(request, identity):
 @device_endpoint
 @require_http_methods(["GET"])
 def target_state(request, identity):
-    device = Device.objects.select_related("fleet", "device_type", "fleet__target_release").filter(pk=identity.id).first()
+    device = (
+        Device.objects.select_related("fleet", "device_type", "fleet__target_release")
+        .filter(pk=identity.id)
+        .first()
+    )
     if device is None:
         raise AgentError(401, "invalid_api_key", "Unknown api key, or the device was deleted.")
     target = services.device_target_state(device)
@@ -301,7 +307,10 @@ def action_result(request, identity):
         raise AgentError(400, "invalid", "The result has invalid fields.", errors)
     action_id, device_id = parse_delivery_key(key)
     # One indexed read (results are rare next to reports); the write itself is buffered.
-    if device_id != identity.id or not ActionDelivery.objects.filter(action_id=action_id, device_id=device_id).exists():
+    if (
+        device_id != identity.id
+        or not ActionDelivery.objects.filter(action_id=action_id, device_id=device_id).exists()
+    ):
         raise AgentError(404, "unknown_action", "That key is not an action delivery of this device.")
     ingest.buffer_result(identity.id, key, state, reason[:300])
     return HttpResponse(status=204)

@@ -10,7 +10,9 @@ class DevicesConfig(AppConfig):
     def ready(self):
         from devices.models import Device
 
-        post_delete.connect(_forget_deleted_device_key, sender=Device, dispatch_uid="forget-deleted-device-key")
+        post_delete.connect(
+            _forget_deleted_device_key, sender=Device, dispatch_uid="forget-deleted-device-key"
+        )
 
 
 def _forget_deleted_device_key(sender, instance, **kwargs):

@@ -151,10 +151,18 @@ class ActionFilter(django_filters.FilterSet):
     state = django_filters.ChoiceFilter(choices=ActionState.choices, label="State", empty_label="Any")
     scope = django_filters.ChoiceFilter(choices=ActionScope.choices, label="Scope", empty_label="Any")
     actor = django_filters.CharFilter(field_name="actor_name", lookup_expr="icontains", label="Who")
-    since = django_filters.DateFilter(field_name="created_at", lookup_expr="date__gte", label="From",
-                                      widget=forms.DateInput(attrs={"type": "date"}))
-    until = django_filters.DateFilter(field_name="created_at", lookup_expr="date__lte", label="To",
-                                      widget=forms.DateInput(attrs={"type": "date"}))
+    since = django_filters.DateFilter(
+        field_name="created_at",
+        lookup_expr="date__gte",
+        label="From",
+        widget=forms.DateInput(attrs={"type": "date"}),
+    )
+    until = django_filters.DateFilter(
+        field_name="created_at",
+        lookup_expr="date__lte",
+        label="To",
+        widget=forms.DateInput(attrs={"type": "date"}),
+    )
 
     class Meta:
         model = DeviceAction

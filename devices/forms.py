@@ -200,7 +200,6 @@ class LockOverrideForm(ActionForm):
         return {"enabled": self.cleaned_data["enabled"]}
 
 
-
 class SavedViewForm(forms.Form):
     """Name the filters a fleet's device list shows now.
 

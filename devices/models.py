@@ -126,11 +126,7 @@ class Device(models.Model):
 
     @property
     def is_online(self) -> bool:
-        return (
-            self.is_active
-            and self.last_seen_at >= online_cutoff()
-            and self.agent_status not in GOING_DOWN
-        )
+        return self.is_active and self.last_seen_at >= online_cutoff() and self.agent_status not in GOING_DOWN
 
     @property
     def status(self) -> DeviceStatus:
@@ -237,7 +233,11 @@ class DeviceAction(models.Model):
     )
     fleet_name = models.CharField(max_length=100)
     device = models.ForeignKey(
-        Device, on_delete=models.SET_NULL, null=True, blank=True, related_name="+",
+        Device,
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="+",
         help_text="The device, when the scope is one device.",
     )
     actor = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True)
@@ -245,11 +245,15 @@ class DeviceAction(models.Model):
     kind = models.CharField(max_length=30, choices=ActionKind.choices)
     scope = models.CharField(max_length=20, choices=ActionScope.choices)
     selection = models.JSONField(
-        default=dict, blank=True, help_text='{"filter": "<querystring>"} or {"ids": [...]}: what made the selection.'
+        default=dict,
+        blank=True,
+        help_text='{"filter": "<querystring>"} or {"ids": [...]}: what made the selection.',
     )
     params = models.JSONField(default=dict, blank=True)
     summary = models.CharField(max_length=300, blank=True)
-    offline_policy = models.CharField(max_length=20, choices=OfflinePolicy.choices, default=OfflinePolicy.ONLINE_ONLY)
+    offline_policy = models.CharField(
+        max_length=20, choices=OfflinePolicy.choices, default=OfflinePolicy.ONLINE_ONLY
+    )
     deliver_until = models.DateTimeField(null=True, blank=True, help_text="Queue policy: give up after this.")
     state = models.CharField(max_length=20, choices=ActionState.choices, default=ActionState.QUEUED)
     created_at = models.DateTimeField(default=timezone.now, db_index=True)

@@ -19,8 +19,16 @@ from devices.addresses import address_refusal
 from devices.models import Device
 
 HOP_BY_HOP = {
-    "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer",
-    "transfer-encoding", "upgrade", "host", "content-length",
+    "connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "host",
+    "content-length",
 }
 # Never passed on to a device ("messages": django.contrib.messages' cookie storage, the flash messages).
 DASHBOARD_COOKIES = {settings.SESSION_COOKIE_NAME, settings.CSRF_COOKIE_NAME, "messages"}
@@ -45,7 +53,9 @@ def address_for(device: Device, request) -> str:
 
 
 def _error(status: int, title: str, detail: str, device: Device | None = None) -> HttpResponse:
-    html = render_to_string("devices/public_url_error.html", {"title": title, "detail": detail, "device": device})
+    html = render_to_string(
+        "devices/public_url_error.html", {"title": title, "detail": detail, "device": device}
+    )
     return HttpResponse(html, status=status)
 
 
@@ -86,33 +96,59 @@ def proxy(request, name: str):
     uuid = name.lower()
     device = None
     if UUID.fullmatch(uuid):
-        fields = ("uuid", "name", "public_url_enabled", "web_address", "last_seen_at", "agent_status", "is_active")
+        fields = (
+            "uuid",
+            "name",
+            "public_url_enabled",
+            "web_address",
+            "last_seen_at",
+            "agent_status",
+            "is_active",
+        )
         device = Device.objects.filter(uuid=uuid, is_active=True).only(*fields).first()
     if device is None or not device.public_url_enabled:
-        return _error(404, "No public URL here", "This device does not exist or its public URL is turned off.")
+        return _error(
+            404, "No public URL here", "This device does not exist or its public URL is turned off."
+        )
     if not device.is_online:
-        return _error(503, "The device is offline", "It has not reported recently, so nothing can be reached.", device)
+        return _error(
+            503, "The device is offline", "It has not reported recently, so nothing can be reached.", device
+        )
     if not device.web_address:
-        return _error(502, "Nothing is serving on port 80", "The device reports no web service on port 80.", device)
+        return _error(
+            502, "Nothing is serving on port 80", "The device reports no web service on port 80.", device
+        )
     refusal = address_refusal(device.web_address)
     if refusal:
-        return _error(502, "The device's address is not allowed", f"The web address it reports {refusal}.", device)
+        return _error(
+            502, "The device's address is not allowed", f"The web address it reports {refusal}.", device
+        )
     url = upstream_url(device.web_address, request.path, request.META.get("QUERY_STRING", ""))
     if url is None:
         return _error(400, "Bad path", "The path may not contain '.' or '..' segments.", device)
     outgoing = _client.build_request(
-        request.method, url, headers=_forward_headers(request), content=request.body,
+        request.method,
+        url,
+        headers=_forward_headers(request),
+        content=request.body,
         timeout=settings.PUBLIC_URL_TIMEOUT_S,
     )
     try:
         upstream = _client.send(outgoing, stream=True)
     except httpx.TimeoutException:
-        return _error(504, "The device did not answer in time",
-                      f"Its web service took longer than {settings.PUBLIC_URL_TIMEOUT_S:g} s.", device)
+        return _error(
+            504,
+            "The device did not answer in time",
+            f"Its web service took longer than {settings.PUBLIC_URL_TIMEOUT_S:g} s.",
+            device,
+        )
     except httpx.HTTPError:
-        return _error(502, "Nothing is serving on port 80",
-                      "The device is online, but no service inside it answered on port 80, "
-                      "or its web server crashed.", device)
+        return _error(
+            502,
+            "Nothing is serving on port 80",
+            "The device is online, but no service inside it answered on port 80, or its web server crashed.",
+            device,
+        )
     return _relay(upstream)
 
 

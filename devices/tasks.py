@@ -8,8 +8,13 @@ from devices import ingest, selectors, services
 
 # A database or Redis that is briefly unreachable must not strand an action half-way: retry with
 # backoff (the work is idempotent: rows are claimed, pushes carry their idempotency key).
-TRANSIENT = {"autoretry_for": (DatabaseError, RedisError), "retry_backoff": 2, "retry_backoff_max": 60,
-             "max_retries": 12, "acks_late": True}
+TRANSIENT = {
+    "autoretry_for": (DatabaseError, RedisError),
+    "retry_backoff": 2,
+    "retry_backoff_max": 60,
+    "max_retries": 12,
+    "acks_late": True,
+}
 
 
 @shared_task(**TRANSIENT)

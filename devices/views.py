@@ -325,7 +325,9 @@ def _confirm_or_dispatch(request, spec: services.ActionSpec, target: Target):
     rollout = None
     if not error and data.get("staged") == "1":
         rollout, error = _rollout(data, policy)
-    possible = services.action_possible(kind=spec.kind, devices=target.devices, offline_policy=policy, params=params)
+    possible = services.action_possible(
+        kind=spec.kind, devices=target.devices, offline_policy=policy, params=params
+    )
     if not error and not possible:
         error = "None of the selected devices can receive this action."
     if error:
@@ -386,7 +388,9 @@ def action_detail(request, fleet_id, action_id):
     if state in DeliveryState.values:
         outcomes = outcomes.filter(state=state)
     if request.GET.get("format") == "csv":
-        return csv_response(f"action-{action.pk}-outcomes.csv", OUTCOMES_CSV_HEADER, outcome_csv_rows(outcomes))
+        return csv_response(
+            f"action-{action.pk}-outcomes.csv", OUTCOMES_CSV_HEADER, outcome_csv_rows(outcomes)
+        )
     context |= {
         "page": keyset_page_for(outcomes, OUTCOME_SORT, OUTCOME_PAGE_SIZE, request.GET),
         "state": state,

@@ -397,7 +397,9 @@ def action_expand(action_id: int) -> None:
             inserted = _insert_deliveries(action, devices, rules, after=last, limit=EXPAND_CHUNK)
             if inserted:
                 upto = max(device_id for device_id, _ in inserted)
-                _apply_setting(action, spec, [device_id for device_id, state in inserted if state == default_state])
+                _apply_setting(
+                    action, spec, [device_id for device_id, state in inserted if state == default_state]
+                )
                 _count_chunk(action_id, inserted)
         finished = len(inserted) < EXPAND_CHUNK
         if not staged:
@@ -428,7 +430,9 @@ def _apply_setting(action: DeviceAction, spec: ActionSpec, device_ids: list[int]
     if changes:
         applied.update(**changes)
     if spec.nudge:
-        nudge_ids = list(applied.filter(online_q(), agent_version_key__gte=AGENT_API_MIN).values_list("pk", flat=True))
+        nudge_ids = list(
+            applied.filter(online_q(), agent_version_key__gte=AGENT_API_MIN).values_list("pk", flat=True)
+        )
         transaction.on_commit(lambda: _enqueue_nudges(nudge_ids))
     if spec.after:
         spec.after(action, applied)
@@ -731,7 +735,11 @@ def record_results(groups: dict[tuple[int, str, str], list[int]]) -> int:
     for (action_id, state, reason), device_ids in groups.items():
         rows = ActionDelivery.objects.filter(action_id=action_id, device_id__in=device_ids)
         moved += _transition(
-            action_id, rows, [DeliveryState.SENT, DeliveryState.SENDING], RESULT_STATES[state], reason=reason[:300]
+            action_id,
+            rows,
+            [DeliveryState.SENT, DeliveryState.SENDING],
+            RESULT_STATES[state],
+            reason=reason[:300],
         )
         _finish_if_settled(action_id)
     return moved

@@ -144,7 +144,7 @@ class Agent:
     async def _poll_loop(self) -> None:
         sim, dev = self.sim, self.device
         loop = asyncio.get_running_loop()
-        if dev.is_up:
+        if dev.is_up and sim.poll_at_start:
             await self.poll()  # at boot (or resume) an agent fetches its target at once
         # Then on a schedule at a random phase: devices started together must not poll together.
         due = loop.time() + sim.rng.uniform(0, sim.poll_interval)

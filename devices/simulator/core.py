@@ -76,6 +76,7 @@ class Simulator:
         start_spread: float | None = None,
         orphan_retry_intervals: int = 5,
         save_every: float = 5.0,
+        poll_at_start: bool = True,
     ) -> None:
         self.server_url = server_url.rstrip("/")
         self.host = host
@@ -94,6 +95,10 @@ class Simulator:
         self.start_spread = report_interval if start_spread is None else start_spread
         self.orphan_retry_intervals = orphan_retry_intervals
         self.save_every = save_every
+        # False: devices resumed from the state file poll at their first scheduled slot instead of
+        # at once, as agents that kept running while the simulator restarted would (a fleet of
+        # 100,000 polling within the start spread is a storm no real fleet makes).
+        self.poll_at_start = poll_at_start
         self.rng = random.Random(seed)
 
         self.devices: dict[str, VirtualDevice] = {}

@@ -16,7 +16,9 @@ class Command(BaseCommand):
     def handle(self, *args, loop=False, interval=None, **options):
         if not loop:
             stats = ingest.flush()
-            self.stdout.write(f"{stats.reports} reports and {stats.results} results in {stats.seconds * 1000:.0f} ms")
+            self.stdout.write(
+                f"{stats.reports} reports and {stats.results} results in {stats.seconds * 1000:.0f} ms"
+            )
             return
         stop = threading.Event()
         for sig in (signal.SIGINT, signal.SIGTERM):

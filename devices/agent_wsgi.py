@@ -1,0 +1,116 @@
+"""The state report's fast path: PATCH /api/v1/device/state answered before Django's handler runs.
+
+A fleet of 100,000 devices reporting every 20 s sends 5,000 reports a second, and each one through
+Django's full stack (request object, nine middleware, URL resolution, response object) and two
+Redis round trips cost about 1.2 ms of CPU: six cores' worth. This WSGI wrapper takes only the
+common case, a well-formed report from a device whose api key is in the identity cache, and
+answers it with the same validation (`agent_api.clean_report`), one Redis round trip
+(`ingest.buffer_report_by_key`) and the same 204 with the same headers as the Django view.
+Everything else (another path or method, a host Django would refuse, a public device URL host, a
+missing, unknown or revoked key, a body that is too large, not JSON or has invalid fields, Redis
+unavailable) goes on to Django unchanged, body included, so every error answer and every rule
+stays the view's own.
+"""
+
+import io
+import json
+
+from django.conf import settings
+from django.http.request import split_domain_port, validate_host
+from django.utils import timezone
+from redis.exceptions import RedisError
+
+from devices import ingest, public_url
+from devices.agent_api import MAX_BODY, clean_report
+from devices.keys import hash_secret
+from devices.services import AgentError
+
+PATH = "/api/v1/device/state"
+
+
+class AgentReportFastPath:
+    def __init__(self, app):
+        self.app = app
+        self.public_host = public_url.host_pattern()
+
+    def __call__(self, environ, start_response):
+        if environ.get("PATH_INFO") != PATH or environ.get("REQUEST_METHOD") != "PATCH":
+            return self.app(environ, start_response)
+        try:
+            length = int(environ.get("CONTENT_LENGTH") or 0)
+        except ValueError:
+            length = 0
+        if not 0 < length <= MAX_BODY or not self._host_allowed(environ) or self._redirects_to_https(environ):
+            return self.app(environ, start_response)
+        body = environ["wsgi.input"].read(length)
+        if self._buffered(environ, body):
+            start_response("204 No Content", self._headers(environ))
+            return [b""]
+        environ["wsgi.input"] = io.BytesIO(body)  # Django reads the body again from the start
+        return self.app(environ, start_response)
+
+    def _buffered(self, environ, body: bytes) -> bool:
+        scheme, _, token = environ.get("HTTP_AUTHORIZATION", "").partition(" ")
+        token = token.strip()
+        if scheme.lower() != "bearer" or not token:
+            return False
+        try:
+            payload = json.loads(body)
+        except (ValueError, UnicodeDecodeError, RecursionError):
+            return False
+        if not isinstance(payload, dict):
+            return False
+        now = timezone.now()
+        try:
+            fields = clean_report(payload, now)
+            return ingest.buffer_report_by_key(hash_secret(token), fields, now) is not None
+        except (AgentError, RedisError):
+            return False
+
+    def _host_allowed(self, environ) -> bool:
+        """What Django's CommonMiddleware (ALLOWED_HOSTS) and PublicDeviceUrlMiddleware would let
+        through to the agent API; anything unusual goes to Django to decide."""
+        if settings.USE_X_FORWARDED_HOST:
+            return False
+        host = environ.get("HTTP_HOST", "")
+        if not host or self.public_host.fullmatch(host):
+            return False
+        domain, _ = split_domain_port(host)
+        return bool(domain) and validate_host(domain, settings.ALLOWED_HOSTS)
+
+    @staticmethod
+    def _secure(environ) -> bool:
+        header = settings.SECURE_PROXY_SSL_HEADER
+        if header:
+            name, secure_value = header
+            value = environ.get(name)
+            if value is not None:
+                return value.split(",", 1)[0].strip() == secure_value
+        return environ.get("wsgi.url_scheme") == "https"
+
+    def _redirects_to_https(self, environ) -> bool:
+        return settings.SECURE_SSL_REDIRECT and not self._secure(environ)
+
+    def _headers(self, environ) -> list[tuple[str, str]]:
+        """The headers Django's middleware put on the view's 204."""
+        headers = [
+            ("Content-Type", f"text/html; charset={settings.DEFAULT_CHARSET}"),
+            ("Content-Length", "0"),
+        ]
+        if settings.X_FRAME_OPTIONS:
+            headers.append(("X-Frame-Options", settings.X_FRAME_OPTIONS))
+        if settings.SECURE_HSTS_SECONDS and self._secure(environ):
+            value = f"max-age={settings.SECURE_HSTS_SECONDS}"
+            if settings.SECURE_HSTS_INCLUDE_SUBDOMAINS:
+                value += "; includeSubDomains"
+            if settings.SECURE_HSTS_PRELOAD:
+                value += "; preload"
+            headers.append(("Strict-Transport-Security", value))
+        if settings.SECURE_CONTENT_TYPE_NOSNIFF:
+            headers.append(("X-Content-Type-Options", "nosniff"))
+        if settings.SECURE_REFERRER_POLICY:
+            policy = settings.SECURE_REFERRER_POLICY
+            headers.append(("Referrer-Policy", policy if isinstance(policy, str) else ",".join(policy)))
+        if settings.SECURE_CROSS_ORIGIN_OPENER_POLICY:
+            headers.append(("Cross-Origin-Opener-Policy", settings.SECURE_CROSS_ORIGIN_OPENER_POLICY))
+        return headers

@@ -1,0 +1,147 @@
+"""The state report's fast path (devices.agent_wsgi): same answer and same stored state as the
+Django view, and everything it does not handle reaches Django unchanged."""
+
+import io
+import json
+import sys
+
+import pytest
+from django.core.handlers.wsgi import WSGIHandler
+from django.core.signals import request_finished, request_started
+from django.db import close_old_connections
+from django.test import override_settings
+
+from devices import ingest
+from devices.agent_wsgi import AgentReportFastPath
+from devices.models import Device
+from tests.devices.test_agent_api import STATE, auth, registered  # noqa: F401 (fixture)
+from tests.factories import make_fleet
+
+pytestmark = pytest.mark.django_db
+
+REPORT = {"status": "idle", "os_version": "2.95.12", "agent_version": "1.5.0", "ip_address": "10.0.0.7",
+          "api_address": "http://127.0.0.1:48484/d/x", "uptime_s": 60, "update_lock_held": False,
+          "services": [{"name": "web", "image": "web:1", "status": "running", "container_id": "ab" * 32}],
+          "volumes": [{"name": "resin-data", "files": 3, "bytes": 2**40}]}  # fmt: skip
+
+
+@pytest.fixture
+def fleet():
+    return make_fleet(device_type="raspberrypi3")
+
+
+class Recorder:
+    """The WSGI app behind the fast path: Django, counting the requests it gets."""
+
+    def __init__(self):
+        self.django, self.calls = WSGIHandler(), 0
+
+    def __call__(self, environ, start_response):
+        self.calls += 1
+        return self.django(environ, start_response)
+
+
+def call(app, key, body, *, method="PATCH", path=STATE, host="127.0.0.1:8000"):
+    body = body if isinstance(body, bytes) else json.dumps(body).encode()
+    environ = {
+        "REQUEST_METHOD": method, "PATH_INFO": path, "SERVER_NAME": "127.0.0.1", "SERVER_PORT": "8000",
+        "HTTP_HOST": host, "wsgi.input": io.BytesIO(body), "CONTENT_LENGTH": str(len(body)),
+        "CONTENT_TYPE": "application/json", "wsgi.url_scheme": "http", "SERVER_PROTOCOL": "HTTP/1.1",
+        "REMOTE_ADDR": "127.0.0.1", "wsgi.errors": sys.stderr,
+    }  # fmt: skip
+    if key:
+        environ["HTTP_AUTHORIZATION"] = auth(key)["HTTP_AUTHORIZATION"]
+    answer = {}
+
+    def start_response(status, headers, exc_info=None):
+        answer.update(status=int(status.split()[0]), headers=dict(headers))
+
+    # As Django's test client does: a request must not close the test's database connection.
+    request_started.disconnect(close_old_connections)
+    request_finished.disconnect(close_old_connections)
+    try:
+        content = b"".join(app(environ, start_response))
+    finally:
+        request_started.connect(close_old_connections)
+        request_finished.connect(close_old_connections)
+    return answer["status"], answer["headers"], content
+
+
+@pytest.fixture
+def app():
+    return AgentReportFastPath(Recorder())
+
+
+def test_a_known_device_is_answered_without_django_and_stored_like_through_the_view(app, registered):  # noqa: F811
+    device, key = registered
+    call(app, key, {})  # the first report goes through Django, which caches the identity
+    app.app.calls = 0
+    status, headers, _ = call(app, key, REPORT)
+    assert status == 204 and app.app.calls == 0
+    ingest.flush()
+    fast = Device.objects.filter(pk=device.pk).values().get()
+    assert fast["os_version"] == "2.95.12" and fast["volumes"][0]["bytes"] == 2**40
+    assert fast["api_address"] == "http://127.0.0.1:48484/d/x"
+
+    direct = Recorder()  # Django alone: the view's 204
+    status, view_headers, _ = call(direct, key, REPORT)
+    assert status == 204 and direct.calls == 1
+    assert headers == view_headers
+
+
+def test_a_later_report_keeps_the_fields_an_earlier_one_left(app, registered):  # noqa: F811
+    device, key = registered
+    call(app, key, {})
+    call(app, key, {"status": "updating", "os_update_progress": 10})
+    call(app, key, {"os_update_progress": 60})
+    ingest.flush()
+    device.refresh_from_db()
+    assert (device.agent_status, device.os_update_progress) == ("updating", 60)
+
+
+@pytest.mark.parametrize(
+    "case",
+    ["unknown key", "malformed", "not json", "no key", "GET", "other path", "public url host", "bad host"],
+)
+def test_everything_else_reaches_django_and_gets_its_answer(app, registered, case):  # noqa: F811
+    device, key = registered
+    call(app, key, {})  # identity cached
+    app.app.calls = 0
+    kwargs = {
+        "unknown key": {"key": "wrong", "body": REPORT},
+        "malformed": {"body": {"uptime_s": "soon"}},
+        "not json": {"body": b"{not json"},
+        "no key": {"key": "", "body": REPORT},
+        "GET": {"method": "GET", "body": b""},
+        "other path": {"path": "/api/v1/device/target", "method": "GET", "body": b""},
+        "public url host": {"host": f"{device.uuid}.devices.localhost:8000", "body": REPORT},
+        "bad host": {"host": "evil.example.com", "body": REPORT},
+    }[case]
+    status, _, content = call(
+        app, kwargs.get("key", key), kwargs["body"], method=kwargs.get("method", "PATCH"),
+        path=kwargs.get("path", STATE), host=kwargs.get("host", "127.0.0.1:8000"),
+    )  # fmt: skip
+    assert app.app.calls == 1
+    expected = {"unknown key": 401, "malformed": 400, "not json": 400, "no key": 401, "GET": 405,
+                "other path": 200, "bad host": 400}  # fmt: skip
+    if case in expected:
+        assert status == expected[case], content
+    if case == "malformed":
+        assert json.loads(content)["fields"] == {"uptime_s": "must be an integer from 0 to 315360000"}
+
+
+def test_a_deleted_device_is_refused_at_once(app, registered, django_capture_on_commit_callbacks):  # noqa: F811
+    device, key = registered
+    assert call(app, key, REPORT)[0] == 204
+    with django_capture_on_commit_callbacks(execute=True):
+        device.delete()
+    assert call(app, key, REPORT)[0] == 401
+
+
+def test_http_is_redirected_by_django_when_https_is_required(registered):  # noqa: F811
+    _, key = registered
+    with override_settings(SECURE_SSL_REDIRECT=True):
+        app = AgentReportFastPath(Recorder())  # Django's middleware reads the setting when loaded
+        call(app, key, {})
+        status, _, _ = call(app, key, REPORT)
+    assert status == 301 and app.app.calls == 2

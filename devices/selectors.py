@@ -215,15 +215,32 @@ def _counts_key(fleet_id: int) -> str:
     return f"fleet-counts:{fleet_id}"
 
 
-def _count(fleet_id: int) -> dict:
-    """Total and per-status device counts of a fleet: one aggregate query over its devices."""
+def _count_many(fleet_ids) -> dict[int, dict]:
+    """Total and per-status device counts of fleets: one grouped aggregate query over their devices."""
     from devices.models import Device
 
-    counts = Device.objects.filter(fleet_id=fleet_id).aggregate(
-        total=Count("id"), **{status.value: Count("id", filter=status_q(status)) for status in DeviceStatus}
+    fleet_ids = list(fleet_ids)
+    empty = {"total": 0, **{status.value: 0 for status in DeviceStatus}}
+    counts = {fleet_id: dict(empty) for fleet_id in fleet_ids}
+    rows = (
+        Device.objects.filter(fleet_id__in=fleet_ids)
+        .values("fleet_id")
+        .order_by()
+        .annotate(
+            total=Count("id"),
+            **{status.value: Count("id", filter=status_q(status)) for status in DeviceStatus},
+        )
     )
-    counts["computed_at"] = time.time()
+    for row in rows:
+        counts[row.pop("fleet_id")] = row
+    now = time.time()
+    for fleet_counts_ in counts.values():
+        fleet_counts_["computed_at"] = now
     return counts
+
+
+def _count(fleet_id: int) -> dict:
+    return _count_many([fleet_id])[fleet_id]
 
 
 def compute_fleet_counts(fleet_id: int) -> dict:
@@ -239,23 +256,44 @@ def fleet_counts(fleet_id: int) -> dict:
     Counts live in the cache; a stale entry is served while a worker recounts (stale while
     revalidate), so a page view never pays for COUNT over a large fleet except on a cold cache.
     """
-    try:
-        counts = cache.get(_counts_key(fleet_id))
-    except RedisError:  # the cache is down: count directly rather than fail the page
-        return _count(fleet_id)
-    if counts is None:
-        return compute_fleet_counts(fleet_id)
-    if time.time() - counts["computed_at"] > COUNTS_FRESH_S and cache.add(
-        f"{_counts_key(fleet_id)}:lock", 1, 30
-    ):
-        from devices.tasks import refresh_fleet_counts
+    return fleet_counts_many([fleet_id])[fleet_id]
 
-        try:
-            refresh_fleet_counts.delay(fleet_id)
-        except Exception:  # the broker is down: count inline rather than show stale numbers forever
-            cache.delete(f"{_counts_key(fleet_id)}:lock")
-            return compute_fleet_counts(fleet_id)
+
+def fleet_counts_many(fleet_ids) -> dict[int, dict]:
+    """`fleet_counts` for a list of fleets (the fleets page): one cache read for all of them, one
+    grouped count for those not cached yet, and a background recount for each stale one."""
+    fleet_ids = list(fleet_ids)
+    if not fleet_ids:
+        return {}
+    try:
+        cached = cache.get_many([_counts_key(fleet_id) for fleet_id in fleet_ids])
+    except RedisError:  # the cache is down: count directly rather than fail the page
+        return _count_many(fleet_ids)
+    counts = {fleet_id: cached.get(_counts_key(fleet_id)) for fleet_id in fleet_ids}
+    missing = [fleet_id for fleet_id, found in counts.items() if found is None]
+    if missing:
+        fresh = _count_many(missing)
+        with suppress(RedisError):
+            cache.set_many({_counts_key(fleet_id): found for fleet_id, found in fresh.items()}, COUNTS_KEEP_S)
+        counts.update(fresh)
+    for fleet_id, found in counts.items():
+        if time.time() - found["computed_at"] > COUNTS_FRESH_S and _claim_recount(fleet_id):
+            from devices.tasks import refresh_fleet_counts
+
+            try:
+                refresh_fleet_counts.delay(fleet_id)
+            except Exception:  # the broker is down: count inline rather than show stale numbers forever
+                with suppress(RedisError):
+                    cache.delete(f"{_counts_key(fleet_id)}:lock")
+                counts[fleet_id] = compute_fleet_counts(fleet_id)
     return counts
+
+
+def _claim_recount(fleet_id: int) -> bool:
+    try:
+        return cache.add(f"{_counts_key(fleet_id)}:lock", 1, 30)
+    except RedisError:
+        return False
 
 
 def recount_fleet(fleet_id: int) -> None:

@@ -22,6 +22,7 @@ from devices.selectors import (
     DEVICE_SORTS,
     Sort,
     fleet_counts,
+    fleet_counts_many,
     keyset_page_for,
     saved_views_of,
     sort_for,
@@ -80,14 +81,22 @@ def _tabs(fleet, active: str) -> list[tuple[str, str, bool]]:
     ]
 
 
+def _with_device_counts(fleets: list) -> list:
+    """Each fleet's device total from the cached counts: no COUNT over every device per page view."""
+    counts = fleet_counts_many(fleet.pk for fleet in fleets)
+    for fleet in fleets:
+        fleet.device_count = counts[fleet.pk]["total"]
+    return fleets
+
+
 @login_required
 def fleet_list(request):
-    fleets = (
+    fleets = list(
         fleets_for_user(request.user)
         .select_related("organization", "fleet_type", "default_device_type")
-        .annotate(device_count=Count("devices"))
         .order_by("organization__name", "name")
     )
+    _with_device_counts(fleets)
     can_create = org_admin_organizations(request.user).exists()
     return render(request, "fleets/list.html", {"fleets": fleets, "can_create": can_create})
 
@@ -618,7 +627,9 @@ ACTIVITY_PAGE_SIZE = 50
 def fleet_activity(request, fleet_id):
     """The fleet's audit log: who did what, when, to which devices, with outcome counts; CSV too."""
     fleet = fleet_for_user(request.user, fleet_id)
-    action_filter = ActionFilter(request.GET, queryset=DeviceAction.objects.filter(fleet=fleet).select_related("device"))
+    action_filter = ActionFilter(
+        request.GET, queryset=DeviceAction.objects.filter(fleet=fleet).select_related("device")
+    )
     actions = action_filter.qs if action_filter.is_valid() else DeviceAction.objects.none()
     if request.GET.get("format") == "csv":
         return csv_response(f"{fleet.name}-activity.csv", ACTIVITY_CSV_HEADER, activity_csv_rows(actions))
@@ -679,10 +690,13 @@ def org_detail(request, handle):
         "members": OrgMembership.objects.filter(organization=organization)
         .select_related("user")
         .order_by("user__username"),
-        "fleets": Fleet.objects.filter(organization=organization)
-        .select_related("fleet_type", "default_device_type")
-        .annotate(device_count=Count("devices"))
-        .order_by("name"),
+        "fleets": _with_device_counts(
+            list(
+                Fleet.objects.filter(organization=organization)
+                .select_related("fleet_type", "default_device_type")
+                .order_by("name")
+            )
+        ),
         "charges": charges[:ORG_PAGE_ROWS],
         "charges_total": _amount(charges.aggregate(total=Sum("amount_cents"))["total"]),
         "activity": DeviceAction.objects.filter(organization=organization).select_related("fleet")[

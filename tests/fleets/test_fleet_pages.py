@@ -302,3 +302,92 @@ class TestPublicUrlsFleetWide:
         client.force_login(p.administrator)
         assert client.post(f"/fleets/{p.fleet.pk}/actions/public_url_on/").status_code == 302
         assert DeviceAction.objects.get().scope == "fleet"
+
+
+class TestEveryFilter:
+    """Each filter of the device list keeps exactly the devices it names."""
+
+    @pytest.fixture
+    def devices(self, p):
+        return {
+            "nuc": make_device(p.fleet, name="f-nuc", device_type="raspberrypi3"),
+            "bbb": make_device(p.fleet, name="f-bbb", device_type="beaglebone-black"),
+            "old-agent": make_device(p.fleet, name="f-old-agent", agent_version="1.0.3"),
+            "public": make_device(p.fleet, name="f-public", public_url_enabled=True),
+            "local": make_device(p.fleet, name="f-local", local_mode=True),
+            "locked": make_device(p.fleet, name="f-locked", update_lock_held=True),
+            "offline": make_device(p.fleet, name="f-offline", online=False),
+            "off": make_device(p.fleet, name="f-off", is_active=False, online=False),
+        }
+
+    def listed(self, client, p, **params) -> set[str]:
+        client.force_login(p.observer)
+        html = client.get(f"/fleets/{p.fleet.pk}/", params).content.decode()
+        return {name for name in self.names if f">{name}<" in html}
+
+    names = ["f-nuc", "f-bbb", "f-old-agent", "f-public", "f-local", "f-locked", "f-offline", "f-off"]
+
+    def test_device_type(self, client, p, devices):
+        assert self.listed(client, p, device_type="beaglebone-black") == {"f-bbb"}
+
+    def test_agent_version(self, client, p, devices):
+        assert self.listed(client, p, agent_version="1.0.3") == {"f-old-agent"}
+
+    def test_public_url(self, client, p, devices):
+        assert self.listed(client, p, public_url="yes") == {"f-public"}
+        assert "f-public" not in self.listed(client, p, public_url="no")
+
+    def test_local_mode(self, client, p, devices):
+        assert self.listed(client, p, local_mode="yes") == {"f-local"}
+
+    def test_update_lock_held(self, client, p, devices):
+        assert self.listed(client, p, lock_held="yes") == {"f-locked"}
+
+    def test_status(self, client, p, devices):
+        assert self.listed(client, p, status="offline") == {"f-offline"}
+        assert self.listed(client, p, status="deactivated") == {"f-off"}
+        assert self.listed(client, p, status="online") == set(self.names) - {"f-offline", "f-off"}
+
+    def test_filters_combine(self, client, p, devices):
+        assert self.listed(client, p, status="online", lock_held="yes") == {"f-locked"}
+        assert self.listed(client, p, status="offline", lock_held="yes") == set()
+
+
+def test_sorting_by_last_seen_puts_the_most_recent_first(client, p):
+    now = timezone.now()
+    for name, minutes in [("seen-long-ago", 90), ("seen-just-now", 0), ("seen-a-while-ago", 30)]:
+        make_device(p.fleet, name=name, last_seen_at=now - timedelta(minutes=minutes))
+    client.force_login(p.observer)
+    html = client.get(f"/fleets/{p.fleet.pk}/", {"sort": "-last_seen"}).content.decode()
+    positions = [html.index(name) for name in ["seen-just-now", "seen-a-while-ago", "seen-long-ago"]]
+    assert positions == sorted(positions)
+
+
+def test_the_summary_counts_devices_by_status(client, p):
+    for _ in range(3):
+        make_device(p.fleet)
+    make_device(p.fleet, online=False)
+    make_device(p.fleet, is_active=False, online=False)
+    make_device(p.other_fleet)  # another organization's: never counted here
+    client.force_login(p.observer)
+    counts = client.get(f"/fleets/{p.fleet.pk}/").context["counts"]
+    assert (counts["total"], counts["online"], counts["offline"], counts["deactivated"]) == (5, 3, 1, 1)
+
+
+def test_the_fleet_list_shows_device_totals_without_counting_devices_per_view(
+    client, p, django_assert_max_num_queries
+):
+    for _ in range(4):
+        make_device(p.fleet)
+    second = make_fleet(p.org, name="second-fleet")
+    make_device(second)
+    client.force_login(p.org_admin)
+    client.get("/fleets/")  # the first view counts once and caches the totals
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    with CaptureQueriesContext(connection) as captured:
+        response = client.get("/fleets/")
+    assert not [q for q in captured.captured_queries if "COUNT(" in q["sql"].upper()]
+    totals = {fleet.name: fleet.device_count for fleet in response.context["fleets"]}
+    assert totals[p.fleet.name] == 4 and totals["second-fleet"] == 1

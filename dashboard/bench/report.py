@@ -15,7 +15,8 @@ ROWS = [
     ("device_list.filtered_partial.median_ms", "device list, filtered htmx partial: median ms"),
     ("device_list.search_page.median_ms", "device list, selective name search (info): median ms"),
     ("device_list.all_fleets_page.median_ms", "device search across fleets, first page (info): median ms"),
-    ("fleet_summary.median_ms", "fleet summary counts, per page view (cached): median ms"),
+    ("fleet_summary.median_ms", "fleet summary page: median ms"),
+    ("fleet_summary.counts_cached_ms", "fleet summary counts, per page view (cached): median ms"),
     ("fleet_summary.count_queries", "fleet summary: COUNT queries per page view"),
     ("fleet_summary.cold_ms", "fleet summary counts, cold (the COUNT): median ms"),
     ("select_all.matching", "select all matching: devices matching the filter"),
@@ -108,7 +109,7 @@ def goals(results: dict, sizes: list[int]) -> list[Goal]:
     if count_queries is not None:
         found.append(Goal(
             f"fleet summary counts: no COUNT per page view, or <= 20 ms at {big}",
-            f"{count_queries} COUNT per view (cached path {r(f'fleet_summary.median_ms.{big}')} ms); "
+            f"{count_queries} COUNT per view (cached path {r(f'fleet_summary.counts_cached_ms.{big}')} ms); "
             f"a cold count {cold} ms",
             count_queries == 0 or (cold is not None and cold <= 20),
         ))  # fmt: skip

@@ -49,6 +49,33 @@ def test_guardian_object_permissions_page_on_a_fleet(client, staff):
     assert p.operator.username in response.content.decode()
 
 
+def test_the_permissions_page_grants_nothing_behind_the_members_tab(client, staff):
+    from guardian.shortcuts import get_perms
+
+    from fleets.models import FleetUserObjectPermission
+
+    p = Personas()
+    before = FleetUserObjectPermission.objects.count()
+    url = f"/admin/fleets/fleet/{p.fleet.pk}/permissions/user-manage/{p.outsider.pk}/"
+    response = client.post(url, {"permissions": ["fleets.operate_fleet"]}, follow=True)
+    assert "Members tab" in response.content.decode()
+    assert FleetUserObjectPermission.objects.count() == before
+    assert get_perms(p.outsider, p.fleet) == []
+
+
+def test_permission_rows_are_read_only_in_the_admin(client, staff):
+    from fleets.models import FleetUserObjectPermission
+
+    p = Personas()
+    row = FleetUserObjectPermission.objects.filter(content_object=p.fleet).first()
+    assert client.get("/admin/fleets/fleetuserobjectpermission/add/").status_code == 403
+    assert (
+        client.post(f"/admin/fleets/fleetuserobjectpermission/{row.pk}/delete/", {"post": "yes"}).status_code
+        == 403
+    )
+    assert FleetUserObjectPermission.objects.filter(pk=row.pk).exists()
+
+
 def test_members_who_are_not_staff_are_kept_out(client):
     p = Personas()
     client.force_login(p.administrator)

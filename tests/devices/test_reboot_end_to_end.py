@@ -27,10 +27,18 @@ def test_an_operator_reboots_a_device(client, p, celery_worker, provision, simul
     response = client.post(f"/devices/{device.uuid}/actions/reboot/")
     assert response.status_code == 302
 
+    def status_on_the_page():
+        html = client.get(f"/devices/{device.uuid}/").content.decode()
+        return html.split('id="device-status">', 1)[1].split("</div>", 1)[0]
+
+    # The device page says Offline while the device reboots, and Online once it is back.
+    wait_until(lambda: "Offline" in status_on_the_page(), timeout=30, interval=0.05,
+               message="the device page to show the device offline while it reboots")  # fmt: skip
     action = DeviceAction.objects.get()
     delivery = wait_until(
         lambda: ActionDelivery.objects.filter(action=action, state="succeeded").first(),
-        timeout=30, message="the reboot to succeed",
+        timeout=30,
+        message="the reboot to succeed",
     )
     assert delivery.attempts == 1
     snapshot = simulator.call(_snapshot(simulator, device.uuid))
@@ -41,6 +49,7 @@ def test_an_operator_reboots_a_device(client, p, celery_worker, provision, simul
 
     device.refresh_from_db()
     assert device.is_online  # back, and reporting again
+    wait_until(lambda: "Online" in status_on_the_page(), message="the device page to show it online again")
     html = client.get(f"/devices/{device.uuid}/").content.decode()
     assert "Succeeded" in html and "Reboot" in html
 
@@ -54,17 +63,26 @@ def test_a_device_that_is_offline_misses_the_reboot(client, p, celery_worker, pr
     delivery = wait_until(lambda: ActionDelivery.objects.filter(state="missed").first(), message="missed")
     assert delivery.reason == "Offline when the action was sent"
     assert simulator.call(_snapshot(simulator, device.uuid))["actions_executed"].get("reboot", 0) == 0
+    html = client.get(f"/devices/{device.uuid}/").content.decode()
+    assert "Missed" in html and "Offline when the action was sent" in html
 
 
-def test_an_agent_before_1_1_is_unsupported_and_nothing_is_sent(client, p, celery_worker, provision, simulator):
+def test_an_agent_before_1_1_is_unsupported_and_nothing_is_sent(
+    client, p, celery_worker, provision, simulator
+):
     old = provision(p.fleet, agent_version="1.0.3")
     new = provision(p.fleet, agent_version="1.4.0")
     client.force_login(p.operator)
     assert client.post(f"/fleets/{p.fleet.pk}/actions/reboot/").status_code == 302
-    delivery = wait_until(lambda: ActionDelivery.objects.filter(state="unsupported").first(), message="unsupported")
+    delivery = wait_until(
+        lambda: ActionDelivery.objects.filter(state="unsupported").first(), message="unsupported"
+    )
     assert delivery.device_id == old.pk and "1.0.3" in delivery.reason
-    wait_until(lambda: ActionDelivery.objects.filter(device_id=new.pk, state="succeeded").exists(), timeout=30,
-               message="the other device to reboot")
+    wait_until(
+        lambda: ActionDelivery.objects.filter(device_id=new.pk, state="succeeded").exists(),
+        timeout=30,
+        message="the other device to reboot",
+    )
     assert simulator.call(_snapshot(simulator, old.uuid))["actions_executed"].get("reboot", 0) == 0
     assert "Unsupported" in client.get(f"/devices/{old.uuid}/").content.decode()
 
@@ -80,12 +98,16 @@ def test_a_single_device_without_action_api_is_refused_with_the_reason(client, p
     assert not DeviceAction.objects.exists()
 
 
-def test_an_agent_that_does_not_answer_fails_with_the_reason(client, p, celery_worker, provision, simulator, settings):
+def test_an_agent_that_does_not_answer_fails_with_the_reason(
+    client, p, celery_worker, provision, simulator, settings
+):
     device = provision(p.fleet)
     simulator.call(_hang(simulator, device.uuid))
     client.force_login(p.operator)
     client.post(f"/devices/{device.uuid}/actions/reboot/")
-    delivery = wait_until(lambda: ActionDelivery.objects.filter(state="failed").first(), timeout=30, message="failed")
+    delivery = wait_until(
+        lambda: ActionDelivery.objects.filter(state="failed").first(), timeout=30, message="failed"
+    )
     assert "No answer within" in delivery.reason
 
 

@@ -2,12 +2,15 @@
 `celery_worker` fixture that the integration tests rely on."""
 
 import contextlib
+import http.cookiejar
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -59,12 +62,29 @@ def _get(url: str) -> tuple[int, str]:
         return error.code, ""
 
 
+def _log_in(base: str, username: str, password: str) -> urllib.request.OpenerDirector:
+    """A browser-like session: the login form's CSRF token and cookie, then the POST."""
+    opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(http.cookiejar.CookieJar()))
+    form = opener.open(f"{base}/accounts/login/", timeout=10).read().decode()
+    token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', form).group(1)
+    data = urllib.parse.urlencode({"csrfmiddlewaretoken": token, "username": username, "password": password})
+    opener.open(
+        urllib.request.Request(f"{base}/accounts/login/", data=data.encode(), headers={"Referer": base}),
+        timeout=10,
+    )
+    return opener
+
+
 def test_run_dashboard_serves_the_login_page_and_stops_cleanly(
     transactional_db, test_database_url, test_redis, tmp_path
 ):
     ensure_catalog()  # on PostgreSQL seed_demo runs on the test database: an earlier flush emptied it
     port = free_port()
-    env = os.environ | {"RUN_DIR": str(tmp_path / "run"), "PYTHONUNBUFFERED": "1"}
+    env = os.environ | {
+        "RUN_DIR": str(tmp_path / "run"),
+        "PYTHONUNBUFFERED": "1",
+        "DEMO_PASSWORD": "s3cret-demo",
+    }
     # SQLite: a fresh database in the temporary RUN_DIR (a real first run: migrate, seed).
     # PostgreSQL: the test database, which transactional_db empties afterwards.
     env.pop("DATABASE_URL", None)
@@ -98,8 +118,27 @@ def test_run_dashboard_serves_the_login_page_and_stops_cleanly(
             time.sleep(0.2)
 
         children = _descendants(process.pid)
-        names = {Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")[:120] for pid in children}
-        assert len(children) >= 3, f"expected redis/worker/web/simulator children, found {names}"
+        names = " | ".join(
+            Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")[:160]
+            for pid in children
+        )
+        for part in ["celery", "runserver", "simulate_devices"] + (
+            ["redis-server"] if test_redis.embedded else []
+        ):
+            assert part in names, f"no {part} process among {names}"
+
+        # The demo accounts use DEMO_PASSWORD, and the simulated devices report: some show online.
+        base = f"http://127.0.0.1:{port}"
+        operator = _log_in(base, "operator", "s3cret-demo")
+        deadline_online = time.monotonic() + 60
+        while True:
+            fleets = operator.open(f"{base}/fleets/", timeout=10).read().decode()
+            assert "Fleets" in fleets and "Sign in" not in fleets, "the operator could not log in"
+            first_fleet = re.search(r'href="(/fleets/\d+/)"', fleets).group(1)
+            if "status-online" in operator.open(base + first_fleet, timeout=10).read().decode():
+                break
+            assert time.monotonic() < deadline_online, "no simulated device came online"
+            time.sleep(1)
 
         process.send_signal(signal.SIGTERM)
         exit_code = process.wait(timeout=15)

@@ -20,7 +20,7 @@ from django.db.models.functions import Coalesce, Greatest
 from django.http import Http404
 from django.utils import timezone
 
-from devices.models import Device
+from devices.models import ActionState, Device, DeviceAction
 from fleets.models import (
     ROLE_PERMISSION,
     ROLE_RANK,
@@ -387,6 +387,14 @@ class TransferTarget:
         if self.placeholder is not None and self.placeholder.user_role:
             return f"you are its {FleetRole(self.placeholder.user_role).label}"
         return "you are not a member of it"
+
+
+def open_actions(fleet: Fleet) -> QuerySet[DeviceAction]:
+    """The fleet's actions still under way: queued, being expanded or dispatched, staged, or with
+    deliveries waiting for devices to come back."""
+    return DeviceAction.objects.filter(fleet=fleet).exclude(
+        state__in=[ActionState.DONE, ActionState.HALTED, ActionState.CANCELLED]
+    )
 
 
 def transfer_refusal(user, fleet: Fleet) -> str:

@@ -55,6 +55,7 @@ from fleets.selectors import (
     fleet_type_options,
     fleets_for_user,
     is_org_admin,
+    open_actions,
     org_admin_organizations,
     organization_for_admin,
     organizations_for_user,
@@ -478,6 +479,7 @@ def fleet_transfer(request, fleet_id):
         "title": f"Transfer {fleet.name} to another organization",
         "form": form,
         "targets": targets,
+        "open_actions": open_actions(fleet).count(),
         "error": error,
         "blocked": not any(target.ready for target in targets),
         "confirm_text": fleet.name,
@@ -618,7 +620,9 @@ ACTIVITY_PAGE_SIZE = 50
 def fleet_activity(request, fleet_id):
     """The fleet's audit log: who did what, when, to which devices, with outcome counts; CSV too."""
     fleet = fleet_for_user(request.user, fleet_id)
-    action_filter = ActionFilter(request.GET, queryset=DeviceAction.objects.filter(fleet=fleet).select_related("device"))
+    action_filter = ActionFilter(
+        request.GET, queryset=DeviceAction.objects.filter(fleet=fleet).select_related("device")
+    )
     actions = action_filter.qs if action_filter.is_valid() else DeviceAction.objects.none()
     if request.GET.get("format") == "csv":
         return csv_response(f"{fleet.name}-activity.csv", ACTIVITY_CSV_HEADER, activity_csv_rows(actions))

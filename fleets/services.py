@@ -27,7 +27,13 @@ from fleets.models import (
     ProvisioningKey,
     Release,
 )
-from fleets.selectors import fleet_type_options, open_actions, transfer_refusal, transfer_targets
+from fleets.selectors import (
+    fleet_type_options,
+    is_org_admin,
+    open_actions,
+    transfer_refusal,
+    transfer_targets,
+)
 
 
 def _role_permissions(role: FleetRole) -> list[Permission]:
@@ -357,24 +363,39 @@ def _user_named(username: str):
 
 @transaction.atomic
 def fleet_member_add(*, actor, fleet: Fleet, username: str, role: FleetRole) -> FleetMembership:
-    """Add a user to the fleet by username; they join the fleet's organization as a member if needed."""
+    """Add a user to the fleet by username.
+
+    A fleet's members are members of its organization, and org administrators decide who those
+    are: a fleet administrator adds people already in the organization; an org administrator may
+    add anyone, who then joins the organization as a member.
+    """
     role = FleetRole(role)
     user = _user_named(username)
+    organization = fleet.organization
     existing = FleetMembership.objects.filter(fleet=fleet, user=user).first()
     if existing:
         raise ActionError(
             f"{user.get_username()} is already a member ({existing.get_role_display()}); change their role in the list."
         )
-    OrgMembership.objects.get_or_create(
-        organization=fleet.organization, user=user, defaults={"role": OrgRole.MEMBER}
-    )
+    joins = not OrgMembership.objects.filter(organization=organization, user=user).exists()
+    if joins:
+        if not is_org_admin(actor, organization):
+            raise ActionError(
+                f"{user.get_username()} is not a member of {organization.name}, and only its administrators add "
+                f"people to it: ask one to add {user.get_username()} to {organization.name} (or to this fleet)."
+            )
+        OrgMembership.objects.get_or_create(
+            organization=organization, user=user, defaults={"role": OrgRole.MEMBER}
+        )
     membership = fleet_member_set(fleet=fleet, user=user, role=role)
     action_record(
         actor=actor,
         kind=ActionKind.MEMBER_CHANGE,
         fleet=fleet,
-        summary=f"Added {user.get_username()} as {role.label}",
-        params={"user": user.get_username(), "role": role.value},
+        summary=f"Added {user.get_username()} as {role.label}"
+        + (f", and to {organization.name} as a Member" if joins else ""),
+        params={"user": user.get_username(), "role": role.value}
+        | ({"org_role": OrgRole.MEMBER.value} if joins else {}),
     )
     return membership
 

@@ -559,6 +559,7 @@ def fleet_members(request, fleet_id):
         "tabs": _tabs(fleet, "members"),
         "members": members,
         "org_admins": org_admins,
+        "org_admin": request.user.is_superuser or any(m.user_id == request.user.pk for m in org_admins),
         "form": form,
         "error": error,
         "roles": FleetRole.choices,

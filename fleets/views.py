@@ -51,6 +51,7 @@ from fleets.models import (
     OrgRole,
 )
 from fleets.selectors import (
+    fleet_activity_log,
     fleet_for_user,
     fleet_type_options,
     fleets_for_user,
@@ -621,9 +622,7 @@ ACTIVITY_PAGE_SIZE = 50
 def fleet_activity(request, fleet_id):
     """The fleet's audit log: who did what, when, to which devices, with outcome counts; CSV too."""
     fleet = fleet_for_user(request.user, fleet_id)
-    action_filter = ActionFilter(
-        request.GET, queryset=DeviceAction.objects.filter(fleet=fleet).select_related("device")
-    )
+    action_filter = ActionFilter(request.GET, queryset=fleet_activity_log(fleet).select_related("device"))
     actions = action_filter.qs if action_filter.is_valid() else DeviceAction.objects.none()
     if request.GET.get("format") == "csv":
         return csv_response(f"{fleet.name}-activity.csv", ACTIVITY_CSV_HEADER, activity_csv_rows(actions))

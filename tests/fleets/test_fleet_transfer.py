@@ -30,7 +30,7 @@ from fleets.models import (
     OrgRole,
     Release,
 )
-from fleets.selectors import fleet_for_user
+from fleets.selectors import fleet_activity_log, fleet_for_user
 from tests.factories import Personas, make_device, make_fleet, make_org, make_org_admin, make_user
 
 pytestmark = pytest.mark.django_db
@@ -277,6 +277,31 @@ class TestAfterTheTransfer:
         assert (
             "Transferred gateways with 3 devices" in client.get(f"/orgs/{w.globex.handle}/").content.decode()
         )
+
+    def test_the_fleets_activity_lists_it_once(self, client, done):
+        w = done
+        client.force_login(w.globex_admin)
+        html = client.get(f"/fleets/{w.fleet.pk}/activity/").content.decode()
+        assert html.count("Transferred gateways with 3 devices from") == 1
+        response = client.get(f"/fleets/{w.fleet.pk}/activity/?format=csv")
+        csv = b"".join(response.streaming_content).decode()
+        assert csv.count("Transferred gateways with 3 devices from") == 1
+
+    def test_a_transfer_back_is_listed_once_too(self, done):
+        w = done
+        home = make_fleet(w.p.org, name="gateways", device_type="intel-nuc")  # Acme's new empty one
+        services.fleet_member_add(
+            actor=w.p.org_admin, fleet=home, username=w.globex_admin.username, role=FleetRole.DEVELOPER
+        )
+        services.fleet_transfer(actor=w.globex_admin, fleet=w.fleet, organization=w.p.org)
+        transfers = fleet_activity_log(w.fleet).filter(kind=ActionKind.FLEET_TRANSFER).order_by("pk")
+        assert [(t.organization_id, t.params["to"]) for t in transfers] == [
+            (w.globex.pk, w.globex.handle),
+            (w.p.org.pk, w.p.org.handle),
+        ]
+        assert (
+            DeviceAction.objects.filter(kind=ActionKind.FLEET_TRANSFER).count() == 4
+        )  # each org keeps its own
 
     def test_the_toast_says_what_happened(self, client, done):
         w = done

@@ -141,7 +141,10 @@ def test_a_deleted_device_is_refused_at_once(app, registered, django_capture_on_
 
 
 def test_a_request_that_read_the_device_before_its_delete_cannot_cache_it_again(
-    app, client, registered, django_capture_on_commit_callbacks  # noqa: F811
+    app,
+    client,
+    registered,  # noqa: F811
+    django_capture_on_commit_callbacks,
 ):
     device, key = registered
     assert call(app, key, REPORT)[0] == 204
@@ -162,7 +165,10 @@ def test_a_request_that_read_the_device_before_its_delete_cannot_cache_it_again(
 
 
 def test_a_deleted_device_cached_when_deleted_is_refused_on_both_paths(
-    app, client, registered, django_capture_on_commit_callbacks  # noqa: F811
+    app,
+    client,
+    registered,  # noqa: F811
+    django_capture_on_commit_callbacks,
 ):
     device, key = registered
     assert call(app, key, REPORT)[0] == 204  # through Django, which caches the identity

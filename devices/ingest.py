@@ -39,6 +39,9 @@ RESULTS_MAXLEN = 1_000_000
 RESULT_RECLAIM_MS = 30_000
 IDENTITY_TTL_S = 600
 UNKNOWN_KEY_TTL_S = 10
+# A deleted device's key stays marked wrong at least as long as an identity is cached: a request
+# that read the device before the delete committed cannot write it back meanwhile (its SET is NX).
+DELETED_KEY_TTL_S = IDENTITY_TTL_S
 FLUSH_BATCH = 5000
 UPDATE_CHUNK = 1000
 
@@ -86,17 +89,34 @@ def identity_for_api_key(api_key: str) -> AgentIdentity | None:
         return AgentIdentity(int(device_id), uuid)
     row = Device.objects.filter(api_key_hash=key_hash).values_list("id", "uuid").first()
     if row is None:
-        r.set(_identity_key(key_hash), "-", ex=UNKNOWN_KEY_TTL_S)  # a wrong key costs no read for a while
+        remember_identity(key_hash, None)  # a wrong key costs no read for a while
         return None
-    r.set(_identity_key(key_hash), f"{row[0]}|{row[1]}", ex=IDENTITY_TTL_S)
+    if not remember_identity(key_hash, row):
+        # Someone wrote the key meanwhile: most likely forget_api_keys, the device being deleted
+        # after our read. What is cached now wins.
+        cached = r.get(_identity_key(key_hash))
+        if cached == b"-":
+            return None
     return AgentIdentity(*row)
 
 
+def remember_identity(key_hash: str, row: tuple[int, str] | None) -> bool:
+    """Cache what a read found (None: no such key), unless the key is cached already: SET NX, so a
+    read that raced a delete never overwrites the "-" forget_api_keys wrote. False if not written."""
+    value, ttl = ("-", UNKNOWN_KEY_TTL_S) if row is None else (f"{row[0]}|{row[1]}", IDENTITY_TTL_S)
+    return bool(redis_client().set(_identity_key(key_hash), value, ex=ttl, nx=True))
+
+
 def forget_api_keys(key_hashes) -> None:
-    """Deleted devices: their api keys stop working at once, not when the cache expires."""
+    """Deleted devices: their api keys stop working at once, not when the cache expires. The keys
+    are marked wrong rather than dropped, so a request that read the device just before the delete
+    committed cannot put it back (see remember_identity)."""
     keys = [_identity_key(h) for h in key_hashes]
     for start in range(0, len(keys), 10_000):
-        redis_client().delete(*keys[start : start + 10_000])
+        pipe = redis_client().pipeline(transaction=False)
+        for key in keys[start : start + 10_000]:
+            pipe.set(key, "-", ex=DELETED_KEY_TTL_S)
+        pipe.execute()
 
 
 # --- Buffering ---------------------------------------------------------------------------------------

@@ -5,9 +5,9 @@ from a cache (keyed by the hash of its api key), and the report's fields are mer
 hash. A flusher (a thread in every Celery worker, or `manage.py flush_agent_reports --loop`)
 drains the buffer every AGENT_FLUSH_INTERVAL_S with one UPDATE per thousand devices, and takes the
 actions a report implies in bulk too: queued actions for devices that came back, OS updates that
-reached their target. Action results are buffered the same way and applied as grouped
-transitions. Several flushers may run at once: SPOP hands each device's report to one, and results go
-through a Redis stream consumer group, acknowledged only after they are written, so a flusher
+reached their target or that the update lock holds back. Action results are buffered the same way
+and applied as grouped transitions. Several flushers may run at once: SPOP hands each device's report
+to one, and results go through a Redis stream consumer group, acknowledged only after they are written, so a flusher
 killed mid-way loses none (reports are snapshots: the next one repairs a lost one).
 """
 
@@ -264,11 +264,11 @@ def apply_reports(reports: dict[int, dict]) -> None:
     before = {
         row["id"]: row
         for row in Device.objects.filter(pk__in=reports).values(
-            "id", "is_active", "last_seen_at", "agent_status", "target_os_version"
+            "id", "is_active", "last_seen_at", "agent_status", "target_os_version", "update_blocked"
         )
     }
     cutoff = online_cutoff()
-    came_back, updated = [], []
+    came_back, updated, blocking = [], [], []
     for device_id, fields in reports.items():
         old = before.get(device_id)
         if old is None:
@@ -282,6 +282,8 @@ def apply_reports(reports: dict[int, dict]) -> None:
         if target and fields.get("os_version_key", 0) >= version_key(target):
             fields["target_os_version"] = ""
             updated.append((device_id, fields["os_version"]))
+        elif target and fields.get("update_blocked", old["update_blocked"]) != old["update_blocked"]:
+            blocking.append((device_id, fields["update_blocked"]))  # rare: the lock began or ceased to block
     with transaction.atomic():
         groups = defaultdict(list)
         for device_id, fields in reports.items():
@@ -289,6 +291,11 @@ def apply_reports(reports: dict[int, dict]) -> None:
                 groups[tuple(sorted(fields))].append((device_id, fields))
         for names, rows in groups.items():
             bulk_update_devices(names, rows)
+        if blocking:
+            from devices.services.engine import action_record_update_blocked
+
+            for device_id, detail in blocking:
+                action_record_update_blocked(device_id, detail)
         if updated:
             from devices.services.engine import action_record_update_done
 

@@ -22,7 +22,8 @@ from tests.factories import make_fleet
 pytestmark = pytest.mark.django_db
 
 REPORT = {"status": "idle", "os_version": "2.95.12", "agent_version": "1.5.0", "ip_address": "10.0.0.7",
-          "api_address": "http://127.0.0.1:48484/d/x", "uptime_s": 60, "update_lock_held": False,
+          "api_address": "http://127.0.0.1:48484/d/x", "uptime_s": 60, "update_lock_held": True,
+          "update_blocked": "host OS 5.1.20: service web holds the update lock",
           "services": [{"name": "web", "image": "web:1", "status": "running", "container_id": "ab" * 32}],
           "volumes": [{"name": "resin-data", "files": 3, "bytes": 2**40}]}  # fmt: skip
 
@@ -84,6 +85,7 @@ def test_a_known_device_is_answered_without_django_and_stored_like_through_the_v
     fast = Device.objects.filter(pk=device.pk).values().get()
     assert fast["os_version"] == "2.95.12" and fast["volumes"][0]["bytes"] == 2**40
     assert fast["api_address"] == "http://127.0.0.1:48484/d/x"
+    assert fast["update_blocked"] == "host OS 5.1.20: service web holds the update lock"
 
     direct = Recorder()  # Django alone: the view's 204
     status, view_headers, _ = call(direct, key, REPORT)

@@ -28,6 +28,7 @@ import contextlib
 import os
 import re
 import shutil
+import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -212,9 +213,34 @@ def login(page, user, password: str = PASSWORD) -> None:
     expect(page.get_by_role("heading", name="Fleets", exact=True)).to_be_visible()
 
 
+def settle(page) -> None:
+    """Wait until the page a person would see is laid out: the document and its stylesheet loaded.
+
+    A click that navigates (a form post, a link) returns once the new page's elements exist, which
+    can be before app.css has arrived. Measured then, the unstyled page is four times as tall (and
+    wider than a phone): a full-page screenshot sized from those measurements is mostly empty, and
+    the overflow check measures the wrong page. Chromium paints nothing before the stylesheet, so
+    this is only ever the capture's problem; it waits for what a person waits for."""
+    page.wait_for_load_state("load")
+    page.wait_for_function(
+        "document.readyState === 'complete'"
+        " && [...document.querySelectorAll('link[rel=stylesheet]')].every(link => link.sheet)"
+    )
+    page.evaluate("document.fonts.ready.then(() => true)")
+
+
+def png_size(path: Path) -> tuple[int, int]:
+    """(width, height) of a PNG from its header."""
+    with open(path, "rb") as png:
+        header = png.read(24)
+    assert header[:8] == b"\x89PNG\r\n\x1a\n", f"{path} is not a PNG"
+    return struct.unpack(">II", header[16:24])
+
+
 def screenshot(page, name: str, *, full_page: bool = True) -> Path:
     """Save the page as $SCREENSHOT_DIR/<name>-<viewport width>.png and remember it for the summary."""
     path = SCREENSHOT_DIR / f"{name}-{page.viewport_size['width']}.png"
+    settle(page)
     if full_page:  # from the top, so sticky bars sit where a person sees them
         page.evaluate("window.scrollTo(0, 0)")
     page.screenshot(path=path, full_page=full_page, animations="disabled", caret="hide")
@@ -306,11 +332,13 @@ def horizontal_overflow(page) -> int:
 def check_page(page, name: str, *, full_page: bool = True) -> None:
     """Screenshot the page, and check what every page must do: named controls, no sideways scroll.
     Open menus and dialogs are shot as the viewport (full_page=False): what the person sees."""
-    screenshot(page, name, full_page=full_page)
+    path = screenshot(page, name, full_page=full_page)
+    width = page.viewport_size["width"]
     assert unnamed_controls(page) == [], f"{name}: controls without an accessible name"
-    assert horizontal_overflow(page) <= 0, (
-        f"{name}: the page scrolls sideways at {page.viewport_size['width']} px"
-    )
+    assert horizontal_overflow(page) <= 0, f"{name}: the page scrolls sideways at {width} px"
+    # The capture itself: a full-page shot is as wide as the page was when it was taken, so an
+    # overflow that came and went (or a shot of a half-loaded page) shows here too.
+    assert png_size(path)[0] == width, f"{name}: the screenshot is {png_size(path)[0]} px wide at {width} px"
 
 
 def stock_fleet(fleet) -> dict:

@@ -329,6 +329,14 @@ def horizontal_overflow(page) -> int:
     return page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
 
 
+def table_overflow(page, selector: str) -> int:
+    """How many CSS pixels a table is wider than its scrolling .table-wrap (0: every column shows)."""
+    return page.locator(selector).evaluate(
+        "table => { const wrap = table.closest('.table-wrap') || table.parentElement;"
+        " return wrap.scrollWidth - wrap.clientWidth; }"
+    )
+
+
 def check_page(page, name: str, *, full_page: bool = True) -> None:
     """Screenshot the page, and check what every page must do: named controls, no sideways scroll.
     Open menus and dialogs are shot as the viewport (full_page=False): what the person sees."""

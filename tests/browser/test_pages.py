@@ -4,7 +4,7 @@ that scrolls sideways on a phone, and the status badges of every device state.""
 import pytest
 from playwright.sync_api import expect
 
-from tests.browser.conftest import DESKTOP, PHONE, check_page, login, screenshot, stock_fleet
+from tests.browser.conftest import DESKTOP, PHONE, check_page, login, screenshot, stock_fleet, table_overflow
 
 pytestmark = pytest.mark.browser
 
@@ -23,6 +23,10 @@ def test_a_tour_of_every_main_page(page, demo, viewport):
     page.get_by_role("link", name="kiosks").click()
     expect(page.get_by_role("heading", name="kiosks")).to_be_visible()
     check_page(page, "fleet-devices")
+    if viewport == DESKTOP:  # every column of the device table, no sideways scrolling in it
+        assert table_overflow(page, "#devices-table") <= 0, (
+            "the fleet's device table scrolls sideways at 1280 px"
+        )
 
     page.get_by_role("checkbox", name="Select kiosk-lobby-01").check()
     page.get_by_role("checkbox", name="Select kiosk-lobby-02").check()
@@ -41,6 +45,8 @@ def test_a_tour_of_every_main_page(page, demo, viewport):
     page.goto("/devices/")
     expect(page.get_by_role("link", name="kiosk-gate-02")).to_be_visible()
     check_page(page, "devices")
+    if viewport == DESKTOP:
+        assert table_overflow(page, "#devices-table") <= 0, "the device list scrolls sideways at 1280 px"
 
     page.goto(f"/devices/{devices['online'].uuid}/")
     expect(page.get_by_role("heading", name="kiosk-lobby-01")).to_be_visible()
@@ -75,6 +81,19 @@ def test_every_device_state_has_its_badge(page, demo):
         row = rows.filter(has=page.get_by_role("link", name=name, exact=True))
         expect(row.locator(".badge").first).to_have_text(status)
         expect(row.locator(".badge").first).to_have_class(f"badge status-{status.lower()}")
-    locked = rows.filter(has=page.get_by_role("link", name="kiosk-lobby-02", exact=True))
-    expect(locked.locator(".badge.status-locked")).to_have_text("Held")
+    columns = page.locator("#devices-table thead th")
+    for heading in ["Status", "Name", "UUID", "Device type", "Host OS", "Agent", "Release", "Last seen",
+                    "IP address", "Flags"]:  # fmt: skip
+        expect(columns.filter(has_text=heading)).to_be_in_viewport()
+
+    def flags(name):
+        return rows.filter(has=page.get_by_role("link", name=name, exact=True)).locator(".col-flags")
+
+    expect(flags("kiosk-lobby-02").locator(".badge.status-locked")).to_have_text("Lock held")
+    expect(flags("kiosk-lobby-01").locator(".badge")).to_have_text(["Public URL"])
+    expect(flags("kiosk-cafe-02").locator(".badge")).to_have_text(["Local mode"])
+    expect(flags("kiosk-lobby-03")).to_have_text("None")
+    for flag in ["Public URL", "Local mode", "Lock held"]:  # in view at 1280 px, not behind a scroll
+        expect(page.locator("#devices-table .col-flags .badge", has_text=flag)).to_be_in_viewport()
+    assert table_overflow(page, "#devices-table") <= 0
     screenshot(page, "fleet-devices-badges")

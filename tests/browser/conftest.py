@@ -337,6 +337,23 @@ def table_overflow(page, selector: str) -> int:
     )
 
 
+def menu_off_screen(menu) -> list[str]:
+    """The sides of an open menu that are cut off: past the viewport, or under the sticky top bar."""
+    return menu.evaluate(
+        """menu => {
+            const r = menu.getBoundingClientRect();
+            const bar = document.querySelector('.topbar');
+            const ceiling = bar ? bar.getBoundingClientRect().bottom : 0;
+            const cut = [];
+            if (r.top < ceiling - 0.5) cut.push(`top ${Math.round(r.top)} < ${Math.round(ceiling)}`);
+            if (r.bottom > innerHeight + 0.5) cut.push(`bottom ${Math.round(r.bottom)} > ${innerHeight}`);
+            if (r.left < -0.5) cut.push(`left ${Math.round(r.left)}`);
+            if (r.right > innerWidth + 0.5) cut.push(`right ${Math.round(r.right)} > ${innerWidth}`);
+            return cut;
+        }"""
+    )
+
+
 def check_page(page, name: str, *, full_page: bool = True) -> None:
     """Screenshot the page, and check what every page must do: named controls, no sideways scroll.
     Open menus and dialogs are shot as the viewport (full_page=False): what the person sees."""

@@ -4,7 +4,16 @@ that scrolls sideways on a phone, and the status badges of every device state.""
 import pytest
 from playwright.sync_api import expect
 
-from tests.browser.conftest import DESKTOP, PHONE, check_page, login, screenshot, stock_fleet, table_overflow
+from tests.browser.conftest import (
+    DESKTOP,
+    PHONE,
+    check_page,
+    login,
+    menu_off_screen,
+    screenshot,
+    stock_fleet,
+    table_overflow,
+)
 
 pytestmark = pytest.mark.browser
 
@@ -32,7 +41,13 @@ def test_a_tour_of_every_main_page(page, demo, viewport):
     page.get_by_role("checkbox", name="Select kiosk-lobby-02").check()
     expect(page.get_by_text("2 selected")).to_be_visible()
     page.locator("[data-selection-bar] summary", has_text="Actions").click()
-    expect(page.get_by_role("menuitem", name="Purge data…")).to_be_visible()
+    expect(page.get_by_role("menuitem", name="Purge data…")).to_be_attached()
+    menu = page.locator("[data-selection-bar] .dropdown-menu")
+    assert menu_off_screen(menu) == [], "the selection's Actions menu runs off the screen"
+    purge = menu.get_by_role("menuitem", name="Purge data…")
+    purge.scroll_into_view_if_needed()  # a long menu scrolls inside itself
+    expect(purge).to_be_in_viewport()
+    menu.evaluate("menu => menu.scrollTop = 0")
     check_page(page, "fleet-devices-selection-menu", full_page=False)
 
     page.goto(f"/fleets/{fleet.pk}/actions/")
@@ -51,8 +66,15 @@ def test_a_tour_of_every_main_page(page, demo, viewport):
     page.goto(f"/devices/{devices['online'].uuid}/")
     expect(page.get_by_role("heading", name="kiosk-lobby-01")).to_be_visible()
     check_page(page, "device")
+    recent = page.locator("section.card", has=page.get_by_role("heading", name="Recent actions"))
+    expect(recent).to_contain_text("No actions on this device yet.")
+    summary = page.locator("section.card", has=page.get_by_role("heading", name="Summary"))
+    assert recent.bounding_box()["height"] < summary.bounding_box()["height"] / 2, (
+        "the empty Recent actions card stretches to the Summary card's height"
+    )
     page.locator("main summary", has_text="Actions").click()
     expect(page.get_by_role("menuitem", name="Reboot…")).to_be_visible()
+    assert menu_off_screen(page.locator("main details[open] > .dropdown-menu")) == []
     check_page(page, "device-actions-menu", full_page=False)
     page.get_by_role("menuitem", name="Reboot…").click()
     expect(page.get_by_role("dialog")).to_be_visible()

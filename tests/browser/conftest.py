@@ -354,6 +354,17 @@ def menu_off_screen(menu) -> list[str]:
     )
 
 
+def squashed_controls(page, min_width: int = 48) -> list[str]:
+    """Visible text fields and selects narrower than min_width CSS pixels: too narrow to read or use
+    (a select collapsed to its arrow in an auto-sized table column, say)."""
+    return page.evaluate(
+        """min => [...document.querySelectorAll('select, textarea, input:not([type=checkbox]):not([type=radio]):not([type=hidden])')]
+            .filter(el => el.checkVisibility() && el.getBoundingClientRect().width < min)
+            .map(el => `${el.tagName.toLowerCase()}#${el.id || el.name}: ${Math.round(el.getBoundingClientRect().width)} px`)""",
+        min_width,
+    )
+
+
 def check_page(page, name: str, *, full_page: bool = True) -> None:
     """Screenshot the page, and check what every page must do: named controls, no sideways scroll.
     Open menus and dialogs are shot as the viewport (full_page=False): what the person sees."""
@@ -361,6 +372,7 @@ def check_page(page, name: str, *, full_page: bool = True) -> None:
     width = page.viewport_size["width"]
     assert unnamed_controls(page) == [], f"{name}: controls without an accessible name"
     assert horizontal_overflow(page) <= 0, f"{name}: the page scrolls sideways at {width} px"
+    assert squashed_controls(page) == [], f"{name}: controls too narrow to use at {width} px"
     # The capture itself: a full-page shot is as wide as the page was when it was taken, so an
     # overflow that came and went (or a shot of a half-loaded page) shows here too.
     assert png_size(path)[0] == width, f"{name}: the screenshot is {png_size(path)[0]} px wide at {width} px"

@@ -1,6 +1,8 @@
 """Every main page at 1280 px and at 390 px: a screenshot of each, every control named, no page
 that scrolls sideways on a phone, and the status badges of every device state."""
 
+import re
+
 import pytest
 from playwright.sync_api import expect
 
@@ -14,6 +16,7 @@ from tests.browser.conftest import (
     stock_fleet,
     table_overflow,
 )
+from tests.factories import make_fleet
 
 pytestmark = pytest.mark.browser
 
@@ -119,3 +122,64 @@ def test_every_device_state_has_its_badge(page, demo):
         expect(page.locator("#devices-table .col-flags .badge", has_text=flag)).to_be_in_viewport()
     assert table_overflow(page, "#devices-table") <= 0
     screenshot(page, "fleet-devices-badges")
+
+
+@pytest.mark.parametrize("viewport", [DESKTOP, PHONE], ids=["1280", "390"])
+def test_the_organization_pages_and_the_new_fleet_form(page, demo, viewport):
+    page.set_viewport_size(viewport)
+    stock_fleet(demo.fleet)
+    login(page, demo.org_admin)
+
+    page.get_by_role("navigation", name="Main").get_by_role("link", name="Organizations").click()
+    expect(page.get_by_role("heading", name="Organizations")).to_be_visible()
+    expect(page.get_by_role("row", name=re.compile("Acme"))).to_contain_text("Administrator")
+    check_page(page, "orgs")
+
+    page.get_by_role("link", name="Acme").click()
+    expect(page.get_by_role("heading", name="Acme", exact=True)).to_be_visible()
+    expect(page.get_by_role("link", name="kiosks")).to_be_visible()
+    check_page(page, "org")
+
+    page.get_by_role("link", name="New fleet").click()
+    expect(page.get_by_role("heading", name="New fleet")).to_be_visible()
+    expect(page.get_by_label("Organization")).to_have_value(demo.org.handle)
+    check_page(page, "fleet-new")
+
+
+# (how it is opened, the label on the page, the device it is opened on)
+DEVICE_CONFIRMATIONS = [
+    ("menu", "Move to another fleet", "online"),
+    ("menu", "Update host OS", "online"),
+    ("menu", "Override update lock", "locked"),
+    ("menu", "Enable local mode", "online"),
+    ("menu", "Change device type", "online"),
+    ("danger", "Deactivate", "offline"),
+    ("danger", "Delete", "online"),
+]
+
+
+@pytest.mark.parametrize("viewport", [DESKTOP, PHONE], ids=["1280", "390"])
+def test_each_device_confirmation_opens_from_the_device_page(page, demo, viewport):
+    page.set_viewport_size(viewport)
+    devices = stock_fleet(demo.fleet)
+    make_fleet(demo.org, "kiosks-spare", device_type="raspberrypi4-64")  # somewhere to move to
+    login(page, demo.org_admin)
+
+    for opened_from, label, which in DEVICE_CONFIRMATIONS:
+        device = devices[which]
+        page.goto(f"/devices/{device.uuid}/")
+        expect(page.get_by_role("heading", name=device.name)).to_be_visible()
+        if opened_from == "menu":
+            page.locator("main summary", has_text="Actions").click()
+            item = page.get_by_role("menuitem", name=f"{label}…", exact=True)
+            expect(item).to_be_visible()
+            item.click()
+        else:
+            page.locator(".danger-zone").get_by_role("link", name=f"{label}…", exact=True).click()
+        dialog = page.get_by_role("dialog", name=f"{label}: {device.name}?")
+        expect(dialog).to_be_visible()
+        assert menu_off_screen(dialog) == [], f"{label}: the dialog does not fit the screen"
+        slug = re.sub(r"[^a-z]+", "-", label.lower()).strip("-")
+        check_page(page, f"device-{slug}-dialog", full_page=False)
+        dialog.get_by_role("button", name="Cancel").click()
+        expect(dialog).to_be_hidden()

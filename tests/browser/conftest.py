@@ -237,6 +237,16 @@ def png_size(path: Path) -> tuple[int, int]:
     return struct.unpack(">II", header[16:24])
 
 
+def tab_to(page, target, *, backwards: bool = False, limit: int = 80) -> None:
+    """Press Tab (Shift+Tab backwards) until `target` has the focus, as a keyboard user would."""
+    key = "Shift+Tab" if backwards else "Tab"
+    for _ in range(limit):
+        page.keyboard.press(key)
+        if target.evaluate("el => el === document.activeElement"):
+            return
+    pytest.fail(f"{target} cannot be reached with {key} in {limit} presses")
+
+
 def screenshot(page, name: str, *, full_page: bool = True) -> Path:
     """Save the page as $SCREENSHOT_DIR/<name>-<viewport width>.png and remember it for the summary."""
     path = SCREENSHOT_DIR / f"{name}-{page.viewport_size['width']}.png"

@@ -4,8 +4,9 @@
  *
  * DROPDOWNS   <details class="dropdown"><summary>…</summary><div class="dropdown-menu">…</div></details>
  *   opening one closes the others; Escape / outside click / choosing an item closes it;
- *   ArrowUp/ArrowDown/Home/End move between .dropdown-item; menus inside a .table-wrap
- *   (or with data-fixed) are positioned over the page so the scroll box does not clip them.
+ *   ArrowUp/ArrowDown/Home/End move between .dropdown-item; an open menu fits the viewport
+ *   (opens upward when there is more room above, else scrolls inside a max-height); menus inside
+ *   a .table-wrap (or with data-fixed) are positioned over the page so the scroll box does not clip them.
  * DIALOGS
  *   [data-dialog-open="ID"]     click: document.getElementById(ID).showModal()
  *   [data-dialog-close]         click: close the enclosing <dialog>
@@ -70,20 +71,36 @@
     if (restoreFocus) { var s = dd.querySelector("summary"); if (s) s.focus(); }
   }
 
-  function placeFixed(dd) {
+  // Keeps an open menu inside the viewport: it opens on the side of its button with room for it
+  // (below unless .dropdown-up), or, when neither side has room, on the roomier side with a
+  // max-height and its own scrollbar. Never under the sticky top bar. Menus inside a .table-wrap
+  // (or with data-fixed) are positioned over the page so the scroll box does not clip them.
+  function placeMenu(dd) {
     var menu = dd.querySelector(".dropdown-menu");
     var summary = dd.querySelector("summary");
     if (!menu || !summary) return;
-    if (!dd.hasAttribute("data-fixed") && !dd.closest(".table-wrap")) return;
-    menu.classList.add("is-fixed");
+    menu.classList.remove("is-up", "is-down");
+    menu.style.maxHeight = "";
+    var fixed = dd.hasAttribute("data-fixed") || !!dd.closest(".table-wrap");
+    if (fixed) menu.classList.add("is-fixed");
+    var gap = 4, margin = 8;
+    var topbar = document.querySelector(".topbar");
+    var ceiling = topbar && getComputedStyle(topbar).position !== "static" ? topbar.getBoundingClientRect().bottom : 0;
     var r = summary.getBoundingClientRect();
+    var h = menu.scrollHeight;
+    var below = window.innerHeight - r.bottom - gap - margin;
+    var above = r.top - gap - margin - Math.max(0, ceiling);
+    var up = dd.classList.contains("dropdown-up");
+    if (up ? h > above && below > above : h > below && above > below) up = !up;
+    var room = Math.max(up ? above : below, 120);
+    if (h > room) menu.style.maxHeight = room + "px";
+    menu.classList.add(up ? "is-up" : "is-down");
+    if (!fixed) return;
     var m = menu.getBoundingClientRect();
     var left = dd.classList.contains("dropdown-end") ? r.right - m.width : r.left;
-    left = Math.max(8, Math.min(left, window.innerWidth - m.width - 8));
-    var top = r.bottom + 4;
-    if (top + m.height > window.innerHeight - 8 && r.top - m.height - 4 > 8) top = r.top - m.height - 4;
+    left = Math.max(margin, Math.min(left, window.innerWidth - m.width - margin));
     menu.style.left = left + "px";
-    menu.style.top = top + "px";
+    menu.style.top = (up ? r.top - gap - Math.min(h, room) : r.bottom + gap) + "px";
     menu.style.right = "auto";
   }
 
@@ -94,7 +111,7 @@
     qsa(document, "details.dropdown[open]").forEach(function (other) {
       if (other !== dd && !other.contains(dd)) other.open = false;
     });
-    placeFixed(dd);
+    placeMenu(dd);
     if (keyboardMode) { var items = menuItems(dd); if (items.length) items[0].focus(); }
   }, true);
 

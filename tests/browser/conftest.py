@@ -28,6 +28,7 @@ import contextlib
 import os
 import re
 import shutil
+import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -212,9 +213,44 @@ def login(page, user, password: str = PASSWORD) -> None:
     expect(page.get_by_role("heading", name="Fleets", exact=True)).to_be_visible()
 
 
+def settle(page) -> None:
+    """Wait until the page a person would see is laid out: the document and its stylesheet loaded.
+
+    A click that navigates (a form post, a link) returns once the new page's elements exist, which
+    can be before app.css has arrived. Measured then, the unstyled page is four times as tall (and
+    wider than a phone): a full-page screenshot sized from those measurements is mostly empty, and
+    the overflow check measures the wrong page. Chromium paints nothing before the stylesheet, so
+    this is only ever the capture's problem; it waits for what a person waits for."""
+    page.wait_for_load_state("load")
+    page.wait_for_function(
+        "document.readyState === 'complete'"
+        " && [...document.querySelectorAll('link[rel=stylesheet]')].every(link => link.sheet)"
+    )
+    page.evaluate("document.fonts.ready.then(() => true)")
+
+
+def png_size(path: Path) -> tuple[int, int]:
+    """(width, height) of a PNG from its header."""
+    with open(path, "rb") as png:
+        header = png.read(24)
+    assert header[:8] == b"\x89PNG\r\n\x1a\n", f"{path} is not a PNG"
+    return struct.unpack(">II", header[16:24])
+
+
+def tab_to(page, target, *, backwards: bool = False, limit: int = 80) -> None:
+    """Press Tab (Shift+Tab backwards) until `target` has the focus, as a keyboard user would."""
+    key = "Shift+Tab" if backwards else "Tab"
+    for _ in range(limit):
+        page.keyboard.press(key)
+        if target.evaluate("el => el === document.activeElement"):
+            return
+    pytest.fail(f"{target} cannot be reached with {key} in {limit} presses")
+
+
 def screenshot(page, name: str, *, full_page: bool = True) -> Path:
     """Save the page as $SCREENSHOT_DIR/<name>-<viewport width>.png and remember it for the summary."""
     path = SCREENSHOT_DIR / f"{name}-{page.viewport_size['width']}.png"
+    settle(page)
     if full_page:  # from the top, so sticky bars sit where a person sees them
         page.evaluate("window.scrollTo(0, 0)")
     page.screenshot(path=path, full_page=full_page, animations="disabled", caret="hide")
@@ -303,14 +339,53 @@ def horizontal_overflow(page) -> int:
     return page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
 
 
+def table_overflow(page, selector: str) -> int:
+    """How many CSS pixels a table is wider than its scrolling .table-wrap (0: every column shows)."""
+    return page.locator(selector).evaluate(
+        "table => { const wrap = table.closest('.table-wrap') || table.parentElement;"
+        " return wrap.scrollWidth - wrap.clientWidth; }"
+    )
+
+
+def menu_off_screen(menu) -> list[str]:
+    """The sides of an open menu that are cut off: past the viewport, or under the sticky top bar."""
+    return menu.evaluate(
+        """menu => {
+            const r = menu.getBoundingClientRect();
+            const bar = document.querySelector('.topbar');
+            const ceiling = bar ? bar.getBoundingClientRect().bottom : 0;
+            const cut = [];
+            if (r.top < ceiling - 0.5) cut.push(`top ${Math.round(r.top)} < ${Math.round(ceiling)}`);
+            if (r.bottom > innerHeight + 0.5) cut.push(`bottom ${Math.round(r.bottom)} > ${innerHeight}`);
+            if (r.left < -0.5) cut.push(`left ${Math.round(r.left)}`);
+            if (r.right > innerWidth + 0.5) cut.push(`right ${Math.round(r.right)} > ${innerWidth}`);
+            return cut;
+        }"""
+    )
+
+
+def squashed_controls(page, min_width: int = 48) -> list[str]:
+    """Visible text fields and selects narrower than min_width CSS pixels: too narrow to read or use
+    (a select collapsed to its arrow in an auto-sized table column, say)."""
+    return page.evaluate(
+        """min => [...document.querySelectorAll('select, textarea, input:not([type=checkbox]):not([type=radio]):not([type=hidden])')]
+            .filter(el => el.checkVisibility() && el.getBoundingClientRect().width < min)
+            .map(el => `${el.tagName.toLowerCase()}#${el.id || el.name}: ${Math.round(el.getBoundingClientRect().width)} px`)""",
+        min_width,
+    )
+
+
 def check_page(page, name: str, *, full_page: bool = True) -> None:
     """Screenshot the page, and check what every page must do: named controls, no sideways scroll.
     Open menus and dialogs are shot as the viewport (full_page=False): what the person sees."""
-    screenshot(page, name, full_page=full_page)
+    path = screenshot(page, name, full_page=full_page)
+    width = page.viewport_size["width"]
     assert unnamed_controls(page) == [], f"{name}: controls without an accessible name"
-    assert horizontal_overflow(page) <= 0, (
-        f"{name}: the page scrolls sideways at {page.viewport_size['width']} px"
-    )
+    assert horizontal_overflow(page) <= 0, f"{name}: the page scrolls sideways at {width} px"
+    assert squashed_controls(page) == [], f"{name}: controls too narrow to use at {width} px"
+    # The capture itself: a full-page shot is as wide as the page was when it was taken, so an
+    # overflow that came and went (or a shot of a half-loaded page) shows here too.
+    assert png_size(path)[0] == width, f"{name}: the screenshot is {png_size(path)[0]} px wide at {width} px"
 
 
 def stock_fleet(fleet) -> dict:

@@ -49,4 +49,6 @@ def test_only_org_administrators_see_the_transfer_enabled(page, demo):
     login(page, demo.administrator)
     page.goto(f"/fleets/{demo.fleet.pk}/actions/")
     expect(transfer_button(page)).to_be_disabled()
-    expect(page.get_by_text(re.compile(r"Only administrators of .* can transfer", re.IGNORECASE))).to_be_visible()
+    expect(
+        page.get_by_text(re.compile(r"Only administrators of .* can transfer", re.IGNORECASE))
+    ).to_be_visible()

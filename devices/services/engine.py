@@ -187,7 +187,9 @@ def action_create(
         if not spec.needs_agent_api or scope == ActionScope.DEVICE:
             raise ActionError("Only actions sent to several devices can be rolled out in stages.")
         if offline_policy != OfflinePolicy.ONLINE_ONLY:
-            raise ActionError("A staged rollout reaches the devices online at each stage; it cannot also wait for offline ones.")
+            raise ActionError(
+                "A staged rollout reaches the devices online at each stage; it cannot also wait for offline ones."
+            )
         if rollout["size"] < 1 or not 0 <= rollout["halt_failure_pct"] <= 100:
             raise ActionError("A stage has at least one device, and the halt threshold is a percentage.")
         params["rollout"] = {"size": rollout["size"], "halt_failure_pct": rollout["halt_failure_pct"]}
@@ -309,8 +311,14 @@ def _failures(action: DeviceAction) -> int:
 
 def _next_stage(action_id: int) -> None:
     with transaction.atomic():
-        action = DeviceAction.objects.select_for_update().filter(pk=action_id, state=ActionState.DISPATCHING).first()
-        in_flight = action and action.pending_count + action.waiting_count + action.sending_count + action.sent_count
+        action = (
+            DeviceAction.objects.select_for_update()
+            .filter(pk=action_id, state=ActionState.DISPATCHING)
+            .first()
+        )
+        in_flight = (
+            action and action.pending_count + action.waiting_count + action.sending_count + action.sent_count
+        )
         if action is None or action.held_count == 0 or in_flight:
             return  # another transition got here first
         rollout = dict(action.params["rollout"])
@@ -345,9 +353,15 @@ def _hold_for_stages(action_id: int, size: int) -> list[int]:
     pending = ActionDelivery.objects.filter(action_id=action_id, state=DeliveryState.PENDING)
     first = list(pending.order_by("device_id").values_list("device_id", flat=True)[:size])
     if first:
-        _transition(action_id, pending.filter(device_id__gt=first[-1]), [DeliveryState.PENDING], DeliveryState.HELD)
+        _transition(
+            action_id, pending.filter(device_id__gt=first[-1]), [DeliveryState.PENDING], DeliveryState.HELD
+        )
     action = DeviceAction.objects.get(pk=action_id)
-    rollout = action.params["rollout"] | {"stage": 1, "stage_devices": len(first), "failed_before": _failures(action)}
+    rollout = action.params["rollout"] | {
+        "stage": 1,
+        "stage_devices": len(first),
+        "failed_before": _failures(action),
+    }
     DeviceAction.objects.filter(pk=action_id).update(params=action.params | {"rollout": rollout})
     return first
 

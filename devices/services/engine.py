@@ -12,6 +12,7 @@ progress is one row read.
 """
 
 import asyncio
+import contextlib
 import json
 import logging
 import re
@@ -578,7 +579,9 @@ def _deliver(action_id: int, rows: QuerySet) -> None:
         claimed = rows.filter(device_id__in=device_ids)
         _transition(action_id, claimed, [DeliveryState.PENDING], DeliveryState.SENDING)
         claimed.update(attempts=F("attempts") + 1, sent_at=timezone.now())
-    targets = list(Device.objects.filter(pk__in=device_ids).values("pk", "uuid", "api_address"))
+    targets = list(
+        Device.objects.filter(pk__in=device_ids).order_by("pk").values("pk", "uuid", "api_address")
+    )
     results = asyncio.run(_push_all(action["kind"], action["params"], action_id, targets))
     missing = set(device_ids) - {t["pk"] for t in targets}
     results += [PushResult(pk, DeliveryState.FAILED, "Device was deleted") for pk in missing]
@@ -603,14 +606,34 @@ def _record_push_results(action_id: int, rows: QuerySet, results: list[PushResul
         _finish_if_settled(action_id)
 
 
+def _push_session() -> aiohttp.ClientSession:
+    """A session with no pool limit and no session-wide timeout: aiohttp's `total` timeout counts
+    the wait for a free pooled connection, so with a connector limit a batch with many hung agents
+    would fail healthy ones that were never contacted. `_push_slot` bounds concurrency instead and
+    starts each device's time limit when its request starts."""
+    connector = aiohttp.TCPConnector(limit=0, force_close=True)
+    return aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None), connector=connector)
+
+
+@contextlib.asynccontextmanager
+async def _push_slot(slots: asyncio.Semaphore | None):
+    """One of AGENT_PUSH_CONCURRENCY requests in flight, then AGENT_PUSH_TIMEOUT_S for this one."""
+    async with slots or contextlib.nullcontext():
+        async with asyncio.timeout(settings.AGENT_PUSH_TIMEOUT_S):
+            yield
+
+
 async def _push_all(kind: str, params: dict, action_id: int, targets: list[dict]) -> list[PushResult]:
-    timeout = aiohttp.ClientTimeout(total=settings.AGENT_PUSH_TIMEOUT_S)
-    connector = aiohttp.TCPConnector(limit=200, force_close=True)
-    async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
-        return await asyncio.gather(*(_push_one(session, kind, params, action_id, t) for t in targets))
+    slots = asyncio.Semaphore(settings.AGENT_PUSH_CONCURRENCY)
+    async with _push_session() as session:
+        return await asyncio.gather(
+            *(_push_one(session, kind, params, action_id, t, slots=slots) for t in targets)
+        )
 
 
-async def _push_one(session, kind: str, params: dict, action_id: int, target: dict) -> PushResult:
+async def _push_one(
+    session, kind: str, params: dict, action_id: int, target: dict, *, slots: asyncio.Semaphore | None = None
+) -> PushResult:
     device_id = target["pk"]
     if not target["api_address"]:
         return PushResult(device_id, DeliveryState.FAILED, "The agent has not reported an API address")
@@ -620,27 +643,32 @@ async def _push_one(session, kind: str, params: dict, action_id: int, target: di
     key = delivery_key(action_id, device_id)
     path = f"/v1/actions/{kind}"
     body = json.dumps({"key": key, "params": params}).encode()
-    timestamp = int(time.time())
-    headers = {
-        "Content-Type": "application/json",
-        "Idempotency-Key": key,
-        "X-Fleet-Timestamp": str(timestamp),
-        "X-Fleet-Signature": sign_push(push_secret_for(target["uuid"]), timestamp, "POST", path, body),
-    }
     url = target["api_address"].rstrip("/") + path
     try:
-        async with session.post(url, data=body, headers=headers) as response:
-            if response.status == 202:
-                return PushResult(device_id, DeliveryState.SENT)
-            if response.status == 200:  # a repeated key: the agent did not act again
-                known = await _duplicate_result(response, device_id)
-                return known or PushResult(device_id, DeliveryState.SENT)
-            detail = await _error_detail(response)
-            if response.status == 409:
-                return PushResult(device_id, DeliveryState.BLOCKED, detail or "Blocked by the update lock")
-            return PushResult(
-                device_id, DeliveryState.FAILED, f"Agent answered {response.status}: {detail}".strip(": ")
-            )
+        async with _push_slot(slots):
+            timestamp = int(time.time())  # signed when sent, not when queued behind other pushes
+            headers = {
+                "Content-Type": "application/json",
+                "Idempotency-Key": key,
+                "X-Fleet-Timestamp": str(timestamp),
+                "X-Fleet-Signature": sign_push(
+                    push_secret_for(target["uuid"]), timestamp, "POST", path, body
+                ),
+            }
+            async with session.post(url, data=body, headers=headers) as response:
+                if response.status == 202:
+                    return PushResult(device_id, DeliveryState.SENT)
+                if response.status == 200:  # a repeated key: the agent did not act again
+                    known = await _duplicate_result(response, device_id)
+                    return known or PushResult(device_id, DeliveryState.SENT)
+                detail = await _error_detail(response)
+                if response.status == 409:
+                    return PushResult(
+                        device_id, DeliveryState.BLOCKED, detail or "Blocked by the update lock"
+                    )
+                return PushResult(
+                    device_id, DeliveryState.FAILED, f"Agent answered {response.status}: {detail}".strip(": ")
+                )
     except TimeoutError:
         return PushResult(
             device_id, DeliveryState.FAILED, f"No answer within {settings.AGENT_PUSH_TIMEOUT_S:g} s"
@@ -662,23 +690,26 @@ def devices_nudge(device_ids: list[int]) -> int:
 
 
 async def _nudge_all(targets: list[dict]) -> list[bool]:
-    timeout = aiohttp.ClientTimeout(total=settings.AGENT_PUSH_TIMEOUT_S)
-    connector = aiohttp.TCPConnector(limit=200, force_close=True)
-    async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
-        return await asyncio.gather(*(_nudge_one(session, t) for t in targets))
+    slots = asyncio.Semaphore(settings.AGENT_PUSH_CONCURRENCY)
+    async with _push_session() as session:
+        return await asyncio.gather(*(_nudge_one(session, t, slots) for t in targets))
 
 
-async def _nudge_one(session, target: dict) -> bool:
-    path, body, timestamp = "/v1/update", b"", int(time.time())
-    headers = {
-        "X-Fleet-Timestamp": str(timestamp),
-        "X-Fleet-Signature": sign_push(push_secret_for(target["uuid"]), timestamp, "POST", path, body),
-    }
+async def _nudge_one(session, target: dict, slots: asyncio.Semaphore) -> bool:
+    path, body = "/v1/update", b""
     try:
-        async with session.post(
-            target["api_address"].rstrip("/") + path, data=body, headers=headers
-        ) as response:
-            return response.status == 202
+        async with _push_slot(slots):
+            timestamp = int(time.time())
+            headers = {
+                "X-Fleet-Timestamp": str(timestamp),
+                "X-Fleet-Signature": sign_push(
+                    push_secret_for(target["uuid"]), timestamp, "POST", path, body
+                ),
+            }
+            async with session.post(
+                target["api_address"].rstrip("/") + path, data=body, headers=headers
+            ) as response:
+                return response.status == 202
     except (TimeoutError, aiohttp.ClientError):
         return False
 

@@ -137,3 +137,59 @@ class TestWorkerKilled:
             sim.add_device(device_type="raspberrypi3", os_version="2.58.3", agent_version="1.4.0", uuid=uuid,
                            api_key=api_key, push_secret=push_secret_for(uuid), fleet_id=fleet.pk,
                            services=["main"], holds_lock=False, ignores_sigterm=False)
+
+
+class TestAgentsThatHang:
+    TIMEOUT_S = 2.0
+    CONCURRENCY = 2
+
+    def test_more_hung_agents_than_push_slots_fail_on_time_and_healthy_ones_are_still_sent(
+        self, client, p, provision, simulator, celery_worker
+    ):
+        """Three hung agents and a bound of two pushes in flight: each hung push gets its own full
+        time limit from when it reaches the agent (none fails while merely queued), and the healthy
+        devices queued behind them are sent once a slot frees, not failed unreached."""
+        celery_worker.restart(
+            env={"AGENT_PUSH_TIMEOUT_S": f"{self.TIMEOUT_S:g}", "AGENT_PUSH_CONCURRENCY": str(self.CONCURRENCY)}
+        )
+        hung = [provision(p.fleet, name=f"hung-{i}") for i in range(3)]  # lowest ids: pushed first
+        healthy = [provision(p.fleet, name=f"healthy-{i}") for i in range(3)]
+        for device in hung:
+            simulator.hang(device.uuid)
+        client.force_login(p.operator)
+
+        assert client.post(f"/fleets/{p.fleet.pk}/actions/reboot/").status_code == 302
+        action = DeviceAction.objects.get()
+        wait_until(lambda: DeviceAction.objects.get(pk=action.pk).state == "done", timeout=60,
+                   message="every outcome to be final")
+
+        outcomes = {d.device_name: (d.state, d.reason) for d in ActionDelivery.objects.filter(action=action)}
+        for device in hung:
+            assert outcomes[device.name] == ("failed", f"No answer within {self.TIMEOUT_S:g} s")
+        for device in healthy:
+            assert outcomes[device.name][0] == "succeeded"
+            assert simulator.snapshot(device.uuid)["actions_executed"]["reboot"] == 1
+
+        # Each hung agent was reached, and its push given up after about the time limit, counted
+        # from when it arrived (the third waited for a slot first, which does not count).
+        waits = {}
+        for device in hung:
+            events = simulator.snapshot(device.uuid)["events"]
+            arrived = [e["at"] for e in events if e["kind"] == "hung_request"]
+            abandoned = [e["at"] for e in events if e["kind"] == "hung_request_abandoned"]
+            assert len(arrived) == len(abandoned) == 1, f"{device.name} was never contacted: {events}"
+            waits[device.name] = abandoned[0] - arrived[0]
+        assert all(self.TIMEOUT_S - 0.2 <= wait <= self.TIMEOUT_S + 2 for wait in waits.values()), waits
+
+        # The whole batch, and so the healthy pushes queued in it, waits for at most one time limit
+        # per slot-full of hung agents ahead of them: never a limit per hung agent.
+        first_push = min(
+            e["at"] for d in hung for e in simulator.snapshot(d.uuid)["events"] if e["kind"] == "hung_request"
+        )
+        slot_rounds = -(-len(hung) // self.CONCURRENCY)
+        bound = slot_rounds * self.TIMEOUT_S + 2
+        for device in healthy:
+            executed = [e["at"] for e in simulator.snapshot(device.uuid)["events"] if e["kind"] == "reboot"]
+            assert executed and executed[0] - first_push <= bound, (device.name, executed, first_push)
+        failed_at = max(d.finished_at for d in ActionDelivery.objects.filter(action=action, state="failed"))
+        assert failed_at.timestamp() - first_push <= bound

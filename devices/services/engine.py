@@ -17,6 +17,7 @@ import json
 import logging
 import re
 import time
+import uuid
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -261,11 +262,12 @@ def _enqueue_expand(action_id: int) -> None:
 
 
 def _transition(
-    action_id: int, deliveries: QuerySet, from_states, to_state: str, *, reason=None, now=None
+    action_id: int, deliveries: QuerySet, from_states, to_state: str, *, reason=None, now=None, changes=None
 ) -> int:
-    """Move deliveries from any of `from_states` to `to_state`, keeping the action's counters exact."""
+    """Move deliveries from any of `from_states` to `to_state` (setting `changes` too), keeping the
+    action's counters exact."""
     now = now or timezone.now()
-    values = {"state": to_state}
+    values = {"state": to_state, **(changes or {})}
     if reason is not None:
         values["reason"] = reason[:300]
     if to_state in FINAL_DELIVERY_STATES:
@@ -535,17 +537,21 @@ class PushResult:
     reason: str = ""
 
 
-def action_deliver_range(action_id: int, first_device_id: int, last_device_id: int) -> None:
-    """Deliver a batch: the action's pending (or interrupted) deliveries for devices in the id range."""
+def action_deliver_range(
+    action_id: int, first_device_id: int, last_device_id: int, *, claim: str | None = None
+) -> None:
+    """Deliver a batch: the action's pending deliveries for devices in the id range, and those this
+    same batch (`claim`: its task id, kept by a redelivered message) had claimed before it died."""
     rows = ActionDelivery.objects.filter(
         action_id=action_id, device_id__gte=first_device_id, device_id__lte=last_device_id
     )
-    _deliver(action_id, rows)
+    _deliver(action_id, rows, claim or uuid.uuid4().hex)
 
 
-def action_deliver_waiting(device_id: int) -> None:
+def action_deliver_waiting(device_id: int, *, claim: str | None = None) -> None:
     """A device came back: send it what queued-policy actions kept for it, unless their time ran out."""
     now = timezone.now()
+    claim = claim or uuid.uuid4().hex
     waiting = ActionDelivery.objects.filter(device_id=device_id, state=DeliveryState.WAITING)
     for action_id, deliver_until in waiting.values_list("action_id", "action__deliver_until").distinct():
         rows = ActionDelivery.objects.filter(action_id=action_id, device_id=device_id)
@@ -561,31 +567,58 @@ def action_deliver_waiting(device_id: int) -> None:
                 _finish_if_settled(action_id)
                 continue
             _transition(action_id, rows, [DeliveryState.WAITING], DeliveryState.PENDING)
-        _deliver(action_id, rows)
+        _deliver(action_id, rows, claim)
 
 
-def _deliver(action_id: int, rows: QuerySet) -> None:
-    action = DeviceAction.objects.filter(pk=action_id).values("kind", "params", "state").first()
-    if action is None:
-        return
-    # Claim: pending rows, and rows a killed worker left in "sending" (the agent dedups by key).
+DELIVERABLE_ACTION_STATES = (ActionState.EXPANDING, ActionState.DISPATCHING)
+CANCELLED_WHILE_SENDING = "Cancelled while it was being sent: the device may have received it"
+
+
+def _deliver(action_id: int, rows: QuerySet, claim: str) -> None:
+    """Claim, push, record. The claim is conditional UPDATEs under the action's row lock, so a
+    cancel either comes first (nothing is claimed) or after (what was claimed is on its way):
+    pending rows become this batch's, and rows this batch had claimed before (a redelivered
+    message after its worker died: the agent dedups by key) are taken again. Rows another batch
+    holds, and every row of an action that is no longer open, are never pushed from here."""
     with transaction.atomic():
-        claimable = rows.filter(state__in=[DeliveryState.PENDING, DeliveryState.SENDING])
-        if connection.features.has_select_for_update_skip_locked:
-            claimable = claimable.select_for_update(skip_locked=True)
-        device_ids = list(claimable.values_list("device_id", flat=True))
-        if not device_ids:
+        action = (
+            DeviceAction.objects.select_for_update()
+            .filter(pk=action_id)
+            .values("kind", "params", "state")
+            .first()
+        )
+        if action is None:
             return
-        claimed = rows.filter(device_id__in=device_ids)
-        _transition(action_id, claimed, [DeliveryState.PENDING], DeliveryState.SENDING)
-        claimed.update(attempts=F("attempts") + 1, sent_at=timezone.now())
+        mine = rows.filter(state=DeliveryState.SENDING, claim=claim)
+        if action["state"] not in DELIVERABLE_ACTION_STATES:
+            # Cancelled (or halted) after this batch claimed its rows and before it recorded them.
+            _transition(
+                action_id,
+                mine,
+                [DeliveryState.SENDING],
+                DeliveryState.CANCELLED,
+                reason=CANCELLED_WHILE_SENDING,
+            )
+            return
+        now = timezone.now()
+        mine.update(attempts=F("attempts") + 1, sent_at=now)
+        _transition(
+            action_id,
+            rows,
+            [DeliveryState.PENDING],
+            DeliveryState.SENDING,
+            changes={"claim": claim, "attempts": F("attempts") + 1, "sent_at": now},
+        )
+        device_ids = list(mine.values_list("device_id", flat=True))
+    if not device_ids:
+        return
     targets = list(
         Device.objects.filter(pk__in=device_ids).order_by("pk").values("pk", "uuid", "api_address")
     )
     results = asyncio.run(_push_all(action["kind"], action["params"], action_id, targets))
     missing = set(device_ids) - {t["pk"] for t in targets}
     results += [PushResult(pk, DeliveryState.FAILED, "Device was deleted") for pk in missing]
-    _record_push_results(action_id, rows, results)
+    _record_push_results(action_id, rows.filter(claim=claim), results)
 
 
 def _record_push_results(action_id: int, rows: QuerySet, results: list[PushResult]) -> None:
@@ -824,7 +857,8 @@ def action_cancel(*, action: DeviceAction) -> int:
 
 
 def actions_sweep(now=None) -> dict:
-    """Periodic: expire what waited too long, fail what never reported, re-send what was never dispatched."""
+    """Periodic: expire what waited too long, fail what never reported, re-send what was never
+    dispatched or never recorded."""
     now = now or timezone.now()
     stats = {"expired": 0, "timed_out": 0, "requeued": 0}
     for action_id in DeviceAction.objects.filter(deliver_until__lt=now, waiting_count__gt=0).values_list(
@@ -860,8 +894,41 @@ def actions_sweep(now=None) -> dict:
     ):
         _enqueue_expand(action_id)
         stats["requeued"] += 1
+    stats["released"] = _release_stale_claims(now)
     stats["redispatched"] = _redispatch_stranded(now)
     return stats
+
+
+SENDING_STALE_AFTER_S = 600
+
+
+def _release_stale_claims(now) -> int:
+    """Rows a batch claimed and never recorded, long after any redelivery of its message would have
+    come (it was lost for good): pending again, for the redispatch below (the agent acts once per
+    key). Those of an action closed since are cancelled instead."""
+    deadline = now - timedelta(seconds=SENDING_STALE_AFTER_S)
+    released = 0
+    for action_id in DeviceAction.objects.filter(sending_count__gt=0).values_list("pk", flat=True):
+        stale = ActionDelivery.objects.filter(action_id=action_id, sent_at__lt=deadline)
+        with transaction.atomic():
+            state = (
+                DeviceAction.objects.select_for_update()
+                .filter(pk=action_id)
+                .values_list("state", flat=True)[0]
+            )
+            if state in DELIVERABLE_ACTION_STATES:
+                released += _transition(
+                    action_id, stale, [DeliveryState.SENDING], DeliveryState.PENDING, changes={"claim": ""}
+                )
+            else:
+                released += _transition(
+                    action_id,
+                    stale,
+                    [DeliveryState.SENDING],
+                    DeliveryState.CANCELLED,
+                    reason=CANCELLED_WHILE_SENDING,
+                )
+    return released
 
 
 REDISPATCH_AFTER_S = 120

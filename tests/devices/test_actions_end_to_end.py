@@ -142,22 +142,75 @@ class TestOfflinePolicy:
         assert simulator.snapshot(device.uuid)["actions_executed"].get("reboot", 0) == 0
 
 
+def pushes(simulator) -> int:
+    """Every action push the simulated agents received, first or repeated."""
+    totals = simulator.run(lambda: dict(simulator.simulator.metrics.totals))
+    return totals.get("pushes", 0) + totals.get("pushes_duplicate", 0)
+
+
+def died_while_sending(delivery):
+    """As if the worker was killed after claiming and pushing the row, before recording the push."""
+    ActionDelivery.objects.filter(pk=delivery.pk).update(state="sending")
+    DeviceAction.objects.filter(pk=delivery.action_id).update(succeeded_count=0, sending_count=1, state="dispatching")
+
+
 class TestIdempotency:
     def test_a_duplicated_delivery_reboots_once(self, client, p, celery_worker, provision, simulator):
         """A worker that dies after pushing but before recording leaves the row "sending"; the
-        redelivered batch pushes again with the same key, and the agent acts once."""
+        redelivered batch (the same message: its task id is the row's claim) pushes again with the
+        same key, and the agent acts once."""
         device = provision(p.fleet)
         client.force_login(p.operator)
         client.post(f"/devices/{device.uuid}/actions/reboot/")
         delivery = outcome(device, "succeeded")
 
-        ActionDelivery.objects.filter(pk=delivery.pk).update(state="sending")  # as if never recorded
-        DeviceAction.objects.filter(pk=delivery.action_id).update(succeeded_count=0, sending_count=1, state="dispatching")
-        deliver_batch.delay(delivery.action_id, device.pk, device.pk)
+        died_while_sending(delivery)
+        deliver_batch.apply_async((delivery.action_id, device.pk, device.pk), task_id=delivery.claim)
 
         wait_until(lambda: ActionDelivery.objects.get(pk=delivery.pk).attempts == 2, message="the second push")
         delivery = outcome(device, "succeeded")
         assert simulator.snapshot(device.uuid)["actions_executed"]["reboot"] == 1
+
+    def test_another_batch_over_the_same_devices_leaves_rows_a_batch_holds_alone(
+        self, client, p, celery_worker, provision, simulator
+    ):
+        """A redispatch or a duplicate message covering rows that another batch claimed (and is
+        still sending) pushes none of them: only pending rows, or its own, are a batch's to send."""
+        device = provision(p.fleet)
+        client.force_login(p.operator)
+        client.post(f"/devices/{device.uuid}/actions/reboot/")
+        delivery = outcome(device, "succeeded")
+        pushed = pushes(simulator)
+
+        died_while_sending(delivery)
+        other = deliver_batch.delay(delivery.action_id, device.pk, device.pk)
+        celery_worker.wait_for(f"{other.id}] succeeded", timeout=20)
+
+        delivery.refresh_from_db()
+        assert (delivery.state, delivery.attempts) == ("sending", 1)
+        assert pushes(simulator) == pushed
+
+    def test_a_redelivered_batch_of_an_action_cancelled_meanwhile_pushes_nothing(
+        self, client, p, celery_worker, provision, simulator
+    ):
+        device = provision(p.fleet)
+        client.force_login(p.operator)
+        client.post(f"/devices/{device.uuid}/actions/reboot/")
+        delivery = outcome(device, "succeeded")
+        pushed = pushes(simulator)
+        died_while_sending(delivery)
+        assert client.post(f"/fleets/{p.fleet.pk}/activity/{delivery.action_id}/cancel/").status_code == 302
+
+        since = celery_worker.log_path.stat().st_size  # the first run of this task id logged it too
+        redelivered = deliver_batch.apply_async((delivery.action_id, device.pk, device.pk), task_id=delivery.claim)
+        celery_worker.wait_for(f"{redelivered.id}] succeeded", timeout=20, since=since)
+
+        delivery.refresh_from_db()
+        assert (delivery.state, delivery.attempts) == ("cancelled", 1)
+        assert "may have received it" in delivery.reason
+        action = DeviceAction.objects.get(pk=delivery.action_id)
+        assert (action.state, action.sending_count, action.cancelled_count) == ("cancelled", 0, 1)
+        assert pushes(simulator) == pushed
 
 
 class TestCancel:

@@ -25,7 +25,7 @@ from datetime import timedelta
 import aiohttp
 from django.conf import settings
 from django.db import connection, transaction
-from django.db.models import Case, CharField, Count, DateTimeField, F, IntegerField, QuerySet, Value, When
+from django.db.models import Case, CharField, Count, DateTimeField, F, IntegerField, Q, QuerySet, Value, When
 from django.utils import timezone
 
 from devices.addresses import address_refusal
@@ -857,8 +857,8 @@ def action_cancel(*, action: DeviceAction) -> int:
 
 
 def actions_sweep(now=None) -> dict:
-    """Periodic: expire what waited too long, fail what never reported, re-send what was never
-    dispatched or never recorded."""
+    """Periodic: expire what waited too long, fail what never reported, send what waits for a device
+    that is back, re-send what was never dispatched or never recorded."""
     now = now or timezone.now()
     stats = {"expired": 0, "timed_out": 0, "requeued": 0}
     for action_id in DeviceAction.objects.filter(deliver_until__lt=now, waiting_count__gt=0).values_list(
@@ -894,9 +894,35 @@ def actions_sweep(now=None) -> dict:
     ):
         _enqueue_expand(action_id)
         stats["requeued"] += 1
+    stats["sent_waiting"] = _send_waiting_online(now)
     stats["released"] = _release_stale_claims(now)
     stats["redispatched"] = _redispatch_stranded(now)
     return stats
+
+
+def _send_waiting_online(now) -> int:
+    """Queued-policy deliveries whose device is online now are sent, one message per batch. A report
+    normally sends them (ingest: a device that came back), but one flushed while the expansion that
+    made its row had not committed yet, or a flush that failed after writing, leaves them waiting
+    for a device that is already back, until they expire."""
+    open_actions = DeviceAction.objects.filter(
+        state__in=DELIVERABLE_ACTION_STATES, waiting_count__gt=0
+    ).filter(Q(deliver_until__isnull=True) | Q(deliver_until__gte=now))
+    online = Device.objects.filter(online_q(now)).values("pk")
+    sent = 0
+    for action_id in open_actions.values_list("pk", flat=True):
+        rows = ActionDelivery.objects.filter(
+            action_id=action_id, state=DeliveryState.WAITING, device_id__in=online
+        )
+        device_ids = sorted(rows.values_list("device_id", flat=True))
+        if not device_ids:
+            continue
+        with transaction.atomic():
+            moved = ActionDelivery.objects.filter(action_id=action_id, device_id__in=device_ids)
+            sent += _transition(action_id, moved, [DeliveryState.WAITING], DeliveryState.PENDING)
+        # A device another path sent meanwhile is skipped by the batch: it is no longer pending.
+        _enqueue_batches(action_id, device_ids)
+    return sent
 
 
 SENDING_STALE_AFTER_S = 600

@@ -1,6 +1,7 @@
 """The general actions and the engine's guarantees, end to end: a real Celery worker through Redis
 pushes to the simulated devices, which report their results to the live server."""
 
+import time
 from datetime import timedelta
 
 import pytest
@@ -152,6 +153,44 @@ def died_while_sending(delivery):
     """As if the worker was killed after claiming and pushing the row, before recording the push."""
     ActionDelivery.objects.filter(pk=delivery.pk).update(state="sending")
     DeviceAction.objects.filter(pk=delivery.action_id).update(succeeded_count=0, sending_count=1, state="dispatching")
+
+
+class TestSweepSendsWaiting:
+    def test_a_queued_action_waiting_for_a_device_that_is_already_back_is_sent_by_the_sweep(
+        self, client, p, live_server, agent_flusher, celery_worker, celery_beat_factory
+    ):
+        """A device's report normally sends what waited for it; one flushed while the expansion that
+        made its row was still uncommitted does not see the row, and the device, online from then
+        on, never "comes back" again. The sweeper sends it. Agents here report only every 2 min, so
+        nothing but the sweep can send it."""
+        from devices.simulator import SimulatorThread
+        from fleets.services import provisioning_key_create
+
+        sim = SimulatorThread(live_server.url, report_interval=120.0, poll_interval=120.0, reboot_seconds=2.0,
+                              sigkill_after=0.5, start_spread=0.0, seed=5)
+        sim.start()
+        try:
+            virtual = sim.add_device(provisioning_key=provisioning_key_create(fleet=p.fleet),
+                                     device_type=p.fleet.default_device_type.slug, os_version="2.58.3",
+                                     agent_version="1.4.0")
+            device = wait_until(lambda: Device.objects.filter(uuid=virtual.uuid, booted_at__isnull=False).first(),
+                                message="the device to register and report")
+            Device.objects.filter(pk=device.pk).update(last_seen_at=timezone.now() - timedelta(minutes=10))
+            client.force_login(p.operator)
+            client.post(f"/devices/{device.uuid}/actions/reboot/", {"offline_policy": "queue", "ttl_hours": "1"})
+            outcome(device, "waiting")
+            # Its report, flushed before the waiting row was visible: online, nothing sent.
+            Device.objects.filter(pk=device.pk).update(last_seen_at=timezone.now())
+            time.sleep(1)
+            assert ActionDelivery.objects.get(device_id=device.pk).state == "waiting"
+
+            celery_beat_factory(env={"SWEEP_INTERVAL_S": "1"})
+            delivery = outcome(device, "succeeded", timeout=40)
+            assert delivery.attempts == 1
+            assert sim.snapshot(device.uuid)["actions_executed"]["reboot"] == 1
+            assert DeviceAction.objects.get(pk=delivery.action_id).state == "done"
+        finally:
+            sim.stop()
 
 
 class TestIdempotency:

@@ -223,6 +223,9 @@ AGENT_POLL_INTERVAL_S = env_int("AGENT_POLL_INTERVAL_S", 15)
 DEVICE_OFFLINE_AFTER_S = env_int("DEVICE_OFFLINE_AFTER_S", 30)
 # How long a push to one agent may take before the delivery counts as failed.
 AGENT_PUSH_TIMEOUT_S = env_float("AGENT_PUSH_TIMEOUT_S", 5.0)
+# How many pushes one delivery task has in flight at once; the time limit above starts when a
+# push's request starts, not while it waits for one of these.
+AGENT_PUSH_CONCURRENCY = env_int("AGENT_PUSH_CONCURRENCY", 200)
 # A sent action whose result never arrives is failed after this long.
 ACTION_RESULT_TIMEOUT_S = env_int("ACTION_RESULT_TIMEOUT_S", 120)
 # A host OS update the device has not reported done within this long fails (and is withdrawn).

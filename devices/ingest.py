@@ -7,8 +7,9 @@ drains the buffer every AGENT_FLUSH_INTERVAL_S with one UPDATE per thousand devi
 actions a report implies in bulk too: queued actions for devices that came back, OS updates that
 reached their target or that the update lock holds back. Action results are buffered the same way
 and applied as grouped transitions. Several flushers may run at once: SPOP hands each device's report
-to one, and results go through a Redis stream consumer group, acknowledged only after they are written, so a flusher
-killed mid-way loses none (reports are snapshots: the next one repairs a lost one).
+to one, and results go through a Redis stream consumer group, acknowledged only after they are
+written, so a flusher killed mid-way loses none (reports are snapshots: the next one repairs a lost
+one). A flush that fails on the database puts the reports it had taken back into the buffer.
 """
 
 import json
@@ -205,15 +206,33 @@ def flush(limit: int = FLUSH_BATCH) -> FlushStats:
             pipe.hgetall(_report_key(device_id))
             pipe.delete(_report_key(device_id))
         replies = pipe.execute()
-        reports = {}
-        for device_id, raw in zip(device_ids, replies[::2], strict=True):
-            if raw:
-                reports[device_id] = {k.decode(): json.loads(v) for k, v in raw.items()}
-        apply_reports(reports)
+        raw_reports = {device_id: raw for device_id, raw in zip(device_ids, replies[::2], strict=True) if raw}
+        reports = {
+            device_id: {k.decode(): json.loads(v) for k, v in raw.items()}
+            for device_id, raw in raw_reports.items()
+        }
+        try:
+            apply_reports(reports)
+        except Exception:
+            _rebuffer(r, raw_reports)  # taken out of Redis above: the next flush writes them
+            raise
         stats.reports = len(reports)
     stats.results = _flush_results(r, limit)
     stats.seconds = time.monotonic() - started
     return stats
+
+
+def _rebuffer(r: redis.Redis, raw_reports: dict[int, dict[bytes, bytes]]) -> None:
+    """Put back reports a failed flush had taken (a database error): merged under what the devices
+    reported since (HSETNX: a newer field wins), and marked dirty again."""
+    if not raw_reports:
+        return
+    pipe = r.pipeline(transaction=False)
+    for device_id, raw in raw_reports.items():
+        for name, value in raw.items():
+            pipe.hsetnx(_report_key(device_id), name, value)
+    pipe.sadd(DIRTY, *raw_reports)
+    pipe.execute()
 
 
 _consumer = f"{socket.gethostname()}-{os.getpid()}"

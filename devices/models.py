@@ -341,6 +341,9 @@ class ActionDelivery(models.Model):
     attempts = models.PositiveSmallIntegerField(default=0)
     sent_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
+    # The batch that claimed it for sending (its Celery task id, which a redelivery keeps): only that
+    # batch pushes it and records the push's outcome. A database default: expansion inserts in SQL.
+    claim = models.CharField(max_length=64, blank=True, db_default="")
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["action", "device"], name="unique_delivery")]

@@ -22,14 +22,15 @@ def expand_action(action_id: int) -> None:
     services.action_expand(action_id)
 
 
-@shared_task(**TRANSIENT)
-def deliver_batch(action_id: int, first_device_id: int, last_device_id: int) -> None:
-    services.action_deliver_range(action_id, first_device_id, last_device_id)
+# A batch claims its rows under its task id, which a redelivered or retried message keeps.
+@shared_task(bind=True, **TRANSIENT)
+def deliver_batch(self, action_id: int, first_device_id: int, last_device_id: int) -> None:
+    services.action_deliver_range(action_id, first_device_id, last_device_id, claim=self.request.id)
 
 
-@shared_task(**TRANSIENT)
-def deliver_waiting(device_id: int) -> None:
-    services.action_deliver_waiting(device_id)
+@shared_task(bind=True, **TRANSIENT)
+def deliver_waiting(self, device_id: int) -> None:
+    services.action_deliver_waiting(device_id, claim=self.request.id)
 
 
 @shared_task

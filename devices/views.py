@@ -1,10 +1,11 @@
+import logging
 from dataclasses import dataclass
 from datetime import timedelta
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
-from django.db import transaction
+from django.db import DatabaseError, transaction
 from django.db.models import QuerySet
 from django.http import Http404, HttpResponseBadRequest, QueryDict
 from django.shortcuts import get_object_or_404, redirect, render
@@ -30,6 +31,8 @@ from devices.models import (
 from devices.selectors import DEVICE_SORTS, Sort, keyset_page_for, sort_for
 from fleets.models import Fleet, FleetRole
 from fleets.selectors import device_for_user, devices_for_user, fleet_for_user
+
+log = logging.getLogger(__name__)
 
 MAX_SELECTED_IDS = 1000
 MAX_ROW_ID = 2**63 - 1  # a BigAutoField's largest value: larger ints make the database driver raise
@@ -335,19 +338,30 @@ def _confirm_or_dispatch(request, spec: services.ActionSpec, target: Target):
     if error:
         return confirmation(error, status=400)
 
-    with transaction.atomic():
-        action = services.action_create(
-            actor=request.user,
-            fleet=target.fleet,
-            kind=spec.kind,
-            scope=target.scope,
-            device=target.device,
-            selection=target.selection,
-            params=params,
-            offline_policy=policy if spec.needs_agent_api else OfflinePolicy.ONLINE_ONLY,
-            ttl=ttl,
-            rollout=rollout,
+    try:
+        with transaction.atomic():
+            action = services.action_create(
+                actor=request.user,
+                fleet=target.fleet,
+                kind=spec.kind,
+                scope=target.scope,
+                device=target.device,
+                selection=target.selection,
+                params=params,
+                offline_policy=policy if spec.needs_agent_api else OfflinePolicy.ONLINE_ONLY,
+                ttl=ttl,
+                rollout=rollout,
+            )
+    except DatabaseError:
+        # Rolled back as a whole, and its dispatch (sent on commit) never enqueued: say so, so the
+        # operator knows a retry cannot act twice.
+        log.exception("recording a %s action for fleet %s failed", spec.kind, target.fleet.pk)
+        message = (
+            "The database failed while the action was being recorded. Nothing was recorded and nothing "
+            "was sent to any device: you can try again."
         )
+        context = {"message": message, "fleet": target.fleet, "title": "The action was not recorded."}
+        return render(request, "devices/action_refused.html", context, status=503)
     if spec.needs_agent_api:
         verb = "sent to"
     elif spec.tracked or spec.applied_on_poll:

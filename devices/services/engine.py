@@ -12,10 +12,12 @@ progress is one row read.
 """
 
 import asyncio
+import contextlib
 import json
 import logging
 import re
 import time
+import uuid
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -23,7 +25,7 @@ from datetime import timedelta
 import aiohttp
 from django.conf import settings
 from django.db import connection, transaction
-from django.db.models import Case, CharField, Count, DateTimeField, F, IntegerField, QuerySet, Value, When
+from django.db.models import Case, CharField, Count, DateTimeField, F, IntegerField, Q, QuerySet, Value, When
 from django.utils import timezone
 
 from devices.addresses import address_refusal
@@ -187,7 +189,9 @@ def action_create(
         if not spec.needs_agent_api or scope == ActionScope.DEVICE:
             raise ActionError("Only actions sent to several devices can be rolled out in stages.")
         if offline_policy != OfflinePolicy.ONLINE_ONLY:
-            raise ActionError("A staged rollout reaches the devices online at each stage; it cannot also wait for offline ones.")
+            raise ActionError(
+                "A staged rollout reaches the devices online at each stage; it cannot also wait for offline ones."
+            )
         if rollout["size"] < 1 or not 0 <= rollout["halt_failure_pct"] <= 100:
             raise ActionError("A stage has at least one device, and the halt threshold is a percentage.")
         params["rollout"] = {"size": rollout["size"], "halt_failure_pct": rollout["halt_failure_pct"]}
@@ -258,11 +262,12 @@ def _enqueue_expand(action_id: int) -> None:
 
 
 def _transition(
-    action_id: int, deliveries: QuerySet, from_states, to_state: str, *, reason=None, now=None
+    action_id: int, deliveries: QuerySet, from_states, to_state: str, *, reason=None, now=None, changes=None
 ) -> int:
-    """Move deliveries from any of `from_states` to `to_state`, keeping the action's counters exact."""
+    """Move deliveries from any of `from_states` to `to_state` (setting `changes` too), keeping the
+    action's counters exact."""
     now = now or timezone.now()
-    values = {"state": to_state}
+    values = {"state": to_state, **(changes or {})}
     if reason is not None:
         values["reason"] = reason[:300]
     if to_state in FINAL_DELIVERY_STATES:
@@ -309,8 +314,14 @@ def _failures(action: DeviceAction) -> int:
 
 def _next_stage(action_id: int) -> None:
     with transaction.atomic():
-        action = DeviceAction.objects.select_for_update().filter(pk=action_id, state=ActionState.DISPATCHING).first()
-        in_flight = action and action.pending_count + action.waiting_count + action.sending_count + action.sent_count
+        action = (
+            DeviceAction.objects.select_for_update()
+            .filter(pk=action_id, state=ActionState.DISPATCHING)
+            .first()
+        )
+        in_flight = (
+            action and action.pending_count + action.waiting_count + action.sending_count + action.sent_count
+        )
         if action is None or action.held_count == 0 or in_flight:
             return  # another transition got here first
         rollout = dict(action.params["rollout"])
@@ -345,9 +356,15 @@ def _hold_for_stages(action_id: int, size: int) -> list[int]:
     pending = ActionDelivery.objects.filter(action_id=action_id, state=DeliveryState.PENDING)
     first = list(pending.order_by("device_id").values_list("device_id", flat=True)[:size])
     if first:
-        _transition(action_id, pending.filter(device_id__gt=first[-1]), [DeliveryState.PENDING], DeliveryState.HELD)
+        _transition(
+            action_id, pending.filter(device_id__gt=first[-1]), [DeliveryState.PENDING], DeliveryState.HELD
+        )
     action = DeviceAction.objects.get(pk=action_id)
-    rollout = action.params["rollout"] | {"stage": 1, "stage_devices": len(first), "failed_before": _failures(action)}
+    rollout = action.params["rollout"] | {
+        "stage": 1,
+        "stage_devices": len(first),
+        "failed_before": _failures(action),
+    }
     DeviceAction.objects.filter(pk=action_id).update(params=action.params | {"rollout": rollout})
     return first
 
@@ -533,17 +550,21 @@ class PushResult:
     reason: str = ""
 
 
-def action_deliver_range(action_id: int, first_device_id: int, last_device_id: int) -> None:
-    """Deliver a batch: the action's pending (or interrupted) deliveries for devices in the id range."""
+def action_deliver_range(
+    action_id: int, first_device_id: int, last_device_id: int, *, claim: str | None = None
+) -> None:
+    """Deliver a batch: the action's pending deliveries for devices in the id range, and those this
+    same batch (`claim`: its task id, kept by a redelivered message) had claimed before it died."""
     rows = ActionDelivery.objects.filter(
         action_id=action_id, device_id__gte=first_device_id, device_id__lte=last_device_id
     )
-    _deliver(action_id, rows)
+    _deliver(action_id, rows, claim or uuid.uuid4().hex)
 
 
-def action_deliver_waiting(device_id: int) -> None:
+def action_deliver_waiting(device_id: int, *, claim: str | None = None) -> None:
     """A device came back: send it what queued-policy actions kept for it, unless their time ran out."""
     now = timezone.now()
+    claim = claim or uuid.uuid4().hex
     waiting = ActionDelivery.objects.filter(device_id=device_id, state=DeliveryState.WAITING)
     for action_id, deliver_until in waiting.values_list("action_id", "action__deliver_until").distinct():
         rows = ActionDelivery.objects.filter(action_id=action_id, device_id=device_id)
@@ -559,29 +580,58 @@ def action_deliver_waiting(device_id: int) -> None:
                 _finish_if_settled(action_id)
                 continue
             _transition(action_id, rows, [DeliveryState.WAITING], DeliveryState.PENDING)
-        _deliver(action_id, rows)
+        _deliver(action_id, rows, claim)
 
 
-def _deliver(action_id: int, rows: QuerySet) -> None:
-    action = DeviceAction.objects.filter(pk=action_id).values("kind", "params", "state").first()
-    if action is None:
-        return
-    # Claim: pending rows, and rows a killed worker left in "sending" (the agent dedups by key).
+DELIVERABLE_ACTION_STATES = (ActionState.EXPANDING, ActionState.DISPATCHING)
+CANCELLED_WHILE_SENDING = "Cancelled while it was being sent: the device may have received it"
+
+
+def _deliver(action_id: int, rows: QuerySet, claim: str) -> None:
+    """Claim, push, record. The claim is conditional UPDATEs under the action's row lock, so a
+    cancel either comes first (nothing is claimed) or after (what was claimed is on its way):
+    pending rows become this batch's, and rows this batch had claimed before (a redelivered
+    message after its worker died: the agent dedups by key) are taken again. Rows another batch
+    holds, and every row of an action that is no longer open, are never pushed from here."""
     with transaction.atomic():
-        claimable = rows.filter(state__in=[DeliveryState.PENDING, DeliveryState.SENDING])
-        if connection.features.has_select_for_update_skip_locked:
-            claimable = claimable.select_for_update(skip_locked=True)
-        device_ids = list(claimable.values_list("device_id", flat=True))
-        if not device_ids:
+        action = (
+            DeviceAction.objects.select_for_update()
+            .filter(pk=action_id)
+            .values("kind", "params", "state")
+            .first()
+        )
+        if action is None:
             return
-        claimed = rows.filter(device_id__in=device_ids)
-        _transition(action_id, claimed, [DeliveryState.PENDING], DeliveryState.SENDING)
-        claimed.update(attempts=F("attempts") + 1, sent_at=timezone.now())
-    targets = list(Device.objects.filter(pk__in=device_ids).values("pk", "uuid", "api_address"))
+        mine = rows.filter(state=DeliveryState.SENDING, claim=claim)
+        if action["state"] not in DELIVERABLE_ACTION_STATES:
+            # Cancelled (or halted) after this batch claimed its rows and before it recorded them.
+            _transition(
+                action_id,
+                mine,
+                [DeliveryState.SENDING],
+                DeliveryState.CANCELLED,
+                reason=CANCELLED_WHILE_SENDING,
+            )
+            return
+        now = timezone.now()
+        mine.update(attempts=F("attempts") + 1, sent_at=now)
+        _transition(
+            action_id,
+            rows,
+            [DeliveryState.PENDING],
+            DeliveryState.SENDING,
+            changes={"claim": claim, "attempts": F("attempts") + 1, "sent_at": now},
+        )
+        device_ids = list(mine.values_list("device_id", flat=True))
+    if not device_ids:
+        return
+    targets = list(
+        Device.objects.filter(pk__in=device_ids).order_by("pk").values("pk", "uuid", "api_address")
+    )
     results = asyncio.run(_push_all(action["kind"], action["params"], action_id, targets))
     missing = set(device_ids) - {t["pk"] for t in targets}
     results += [PushResult(pk, DeliveryState.FAILED, "Device was deleted") for pk in missing]
-    _record_push_results(action_id, rows, results)
+    _record_push_results(action_id, rows.filter(claim=claim), results)
 
 
 def _record_push_results(action_id: int, rows: QuerySet, results: list[PushResult]) -> None:
@@ -602,14 +652,34 @@ def _record_push_results(action_id: int, rows: QuerySet, results: list[PushResul
         _finish_if_settled(action_id)
 
 
+def _push_session() -> aiohttp.ClientSession:
+    """A session with no pool limit and no session-wide timeout: aiohttp's `total` timeout counts
+    the wait for a free pooled connection, so with a connector limit a batch with many hung agents
+    would fail healthy ones that were never contacted. `_push_slot` bounds concurrency instead and
+    starts each device's time limit when its request starts."""
+    connector = aiohttp.TCPConnector(limit=0, force_close=True)
+    return aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None), connector=connector)
+
+
+@contextlib.asynccontextmanager
+async def _push_slot(slots: asyncio.Semaphore | None):
+    """One of AGENT_PUSH_CONCURRENCY requests in flight, then AGENT_PUSH_TIMEOUT_S for this one."""
+    async with slots or contextlib.nullcontext():
+        async with asyncio.timeout(settings.AGENT_PUSH_TIMEOUT_S):
+            yield
+
+
 async def _push_all(kind: str, params: dict, action_id: int, targets: list[dict]) -> list[PushResult]:
-    timeout = aiohttp.ClientTimeout(total=settings.AGENT_PUSH_TIMEOUT_S)
-    connector = aiohttp.TCPConnector(limit=200, force_close=True)
-    async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
-        return await asyncio.gather(*(_push_one(session, kind, params, action_id, t) for t in targets))
+    slots = asyncio.Semaphore(settings.AGENT_PUSH_CONCURRENCY)
+    async with _push_session() as session:
+        return await asyncio.gather(
+            *(_push_one(session, kind, params, action_id, t, slots=slots) for t in targets)
+        )
 
 
-async def _push_one(session, kind: str, params: dict, action_id: int, target: dict) -> PushResult:
+async def _push_one(
+    session, kind: str, params: dict, action_id: int, target: dict, *, slots: asyncio.Semaphore | None = None
+) -> PushResult:
     device_id = target["pk"]
     if not target["api_address"]:
         return PushResult(device_id, DeliveryState.FAILED, "The agent has not reported an API address")
@@ -619,27 +689,32 @@ async def _push_one(session, kind: str, params: dict, action_id: int, target: di
     key = delivery_key(action_id, device_id)
     path = f"/v1/actions/{kind}"
     body = json.dumps({"key": key, "params": params}).encode()
-    timestamp = int(time.time())
-    headers = {
-        "Content-Type": "application/json",
-        "Idempotency-Key": key,
-        "X-Fleet-Timestamp": str(timestamp),
-        "X-Fleet-Signature": sign_push(push_secret_for(target["uuid"]), timestamp, "POST", path, body),
-    }
     url = target["api_address"].rstrip("/") + path
     try:
-        async with session.post(url, data=body, headers=headers) as response:
-            if response.status == 202:
-                return PushResult(device_id, DeliveryState.SENT)
-            if response.status == 200:  # a repeated key: the agent did not act again
-                known = await _duplicate_result(response, device_id)
-                return known or PushResult(device_id, DeliveryState.SENT)
-            detail = await _error_detail(response)
-            if response.status == 409:
-                return PushResult(device_id, DeliveryState.BLOCKED, detail or "Blocked by the update lock")
-            return PushResult(
-                device_id, DeliveryState.FAILED, f"Agent answered {response.status}: {detail}".strip(": ")
-            )
+        async with _push_slot(slots):
+            timestamp = int(time.time())  # signed when sent, not when queued behind other pushes
+            headers = {
+                "Content-Type": "application/json",
+                "Idempotency-Key": key,
+                "X-Fleet-Timestamp": str(timestamp),
+                "X-Fleet-Signature": sign_push(
+                    push_secret_for(target["uuid"]), timestamp, "POST", path, body
+                ),
+            }
+            async with session.post(url, data=body, headers=headers) as response:
+                if response.status == 202:
+                    return PushResult(device_id, DeliveryState.SENT)
+                if response.status == 200:  # a repeated key: the agent did not act again
+                    known = await _duplicate_result(response, device_id)
+                    return known or PushResult(device_id, DeliveryState.SENT)
+                detail = await _error_detail(response)
+                if response.status == 409:
+                    return PushResult(
+                        device_id, DeliveryState.BLOCKED, detail or "Blocked by the update lock"
+                    )
+                return PushResult(
+                    device_id, DeliveryState.FAILED, f"Agent answered {response.status}: {detail}".strip(": ")
+                )
     except TimeoutError:
         return PushResult(
             device_id, DeliveryState.FAILED, f"No answer within {settings.AGENT_PUSH_TIMEOUT_S:g} s"
@@ -661,23 +736,26 @@ def devices_nudge(device_ids: list[int]) -> int:
 
 
 async def _nudge_all(targets: list[dict]) -> list[bool]:
-    timeout = aiohttp.ClientTimeout(total=settings.AGENT_PUSH_TIMEOUT_S)
-    connector = aiohttp.TCPConnector(limit=200, force_close=True)
-    async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
-        return await asyncio.gather(*(_nudge_one(session, t) for t in targets))
+    slots = asyncio.Semaphore(settings.AGENT_PUSH_CONCURRENCY)
+    async with _push_session() as session:
+        return await asyncio.gather(*(_nudge_one(session, t, slots) for t in targets))
 
 
-async def _nudge_one(session, target: dict) -> bool:
-    path, body, timestamp = "/v1/update", b"", int(time.time())
-    headers = {
-        "X-Fleet-Timestamp": str(timestamp),
-        "X-Fleet-Signature": sign_push(push_secret_for(target["uuid"]), timestamp, "POST", path, body),
-    }
+async def _nudge_one(session, target: dict, slots: asyncio.Semaphore) -> bool:
+    path, body = "/v1/update", b""
     try:
-        async with session.post(
-            target["api_address"].rstrip("/") + path, data=body, headers=headers
-        ) as response:
-            return response.status == 202
+        async with _push_slot(slots):
+            timestamp = int(time.time())
+            headers = {
+                "X-Fleet-Timestamp": str(timestamp),
+                "X-Fleet-Signature": sign_push(
+                    push_secret_for(target["uuid"]), timestamp, "POST", path, body
+                ),
+            }
+            async with session.post(
+                target["api_address"].rstrip("/") + path, data=body, headers=headers
+            ) as response:
+                return response.status == 202
     except (TimeoutError, aiohttp.ClientError):
         return False
 
@@ -843,7 +921,8 @@ def action_cancel(*, action: DeviceAction) -> int:
 
 
 def actions_sweep(now=None) -> dict:
-    """Periodic: expire what waited too long, fail what never reported, re-send what was never dispatched."""
+    """Periodic: expire what waited too long, fail what never reported, send what waits for a device
+    that is back, re-send what was never dispatched or never recorded."""
     now = now or timezone.now()
     stats = {"expired": 0, "timed_out": 0, "requeued": 0}
     for action_id in DeviceAction.objects.filter(deliver_until__lt=now, waiting_count__gt=0).values_list(
@@ -881,8 +960,67 @@ def actions_sweep(now=None) -> dict:
     ):
         _enqueue_expand(action_id)
         stats["requeued"] += 1
+    stats["sent_waiting"] = _send_waiting_online(now)
+    stats["released"] = _release_stale_claims(now)
     stats["redispatched"] = _redispatch_stranded(now)
     return stats
+
+
+def _send_waiting_online(now) -> int:
+    """Queued-policy deliveries whose device is online now are sent, one message per batch. A report
+    normally sends them (ingest: a device that came back), but one flushed while the expansion that
+    made its row had not committed yet, or a flush that failed after writing, leaves them waiting
+    for a device that is already back, until they expire."""
+    open_actions = DeviceAction.objects.filter(
+        state__in=DELIVERABLE_ACTION_STATES, waiting_count__gt=0
+    ).filter(Q(deliver_until__isnull=True) | Q(deliver_until__gte=now))
+    online = Device.objects.filter(online_q(now)).values("pk")
+    sent = 0
+    for action_id in open_actions.values_list("pk", flat=True):
+        rows = ActionDelivery.objects.filter(
+            action_id=action_id, state=DeliveryState.WAITING, device_id__in=online
+        )
+        device_ids = sorted(rows.values_list("device_id", flat=True))
+        if not device_ids:
+            continue
+        with transaction.atomic():
+            moved = ActionDelivery.objects.filter(action_id=action_id, device_id__in=device_ids)
+            sent += _transition(action_id, moved, [DeliveryState.WAITING], DeliveryState.PENDING)
+        # A device another path sent meanwhile is skipped by the batch: it is no longer pending.
+        _enqueue_batches(action_id, device_ids)
+    return sent
+
+
+SENDING_STALE_AFTER_S = 600
+
+
+def _release_stale_claims(now) -> int:
+    """Rows a batch claimed and never recorded, long after any redelivery of its message would have
+    come (it was lost for good): pending again, for the redispatch below (the agent acts once per
+    key). Those of an action closed since are cancelled instead."""
+    deadline = now - timedelta(seconds=SENDING_STALE_AFTER_S)
+    released = 0
+    for action_id in DeviceAction.objects.filter(sending_count__gt=0).values_list("pk", flat=True):
+        stale = ActionDelivery.objects.filter(action_id=action_id, sent_at__lt=deadline)
+        with transaction.atomic():
+            state = (
+                DeviceAction.objects.select_for_update()
+                .filter(pk=action_id)
+                .values_list("state", flat=True)[0]
+            )
+            if state in DELIVERABLE_ACTION_STATES:
+                released += _transition(
+                    action_id, stale, [DeliveryState.SENDING], DeliveryState.PENDING, changes={"claim": ""}
+                )
+            else:
+                released += _transition(
+                    action_id,
+                    stale,
+                    [DeliveryState.SENDING],
+                    DeliveryState.CANCELLED,
+                    reason=CANCELLED_WHILE_SENDING,
+                )
+    return released
 
 
 REDISPATCH_AFTER_S = 120

@@ -8,6 +8,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import html
 import json
 import re
@@ -69,6 +71,19 @@ class SimulatorServer:
 
     # -- agent API -------------------------------------------------------------------------
 
+    async def _hang(self, request: web.Request, agent: Agent) -> web.StreamResponse:
+        """Answer nothing until unhung. The device's events say when the request came and when the
+        client gave up on it (closed the connection), so tests can see how long a push waited."""
+        self.sim.metrics.count("hung_requests")
+        agent.device.log_event("hung_request", request.path)
+        while not agent.unhung.is_set():
+            if request.transport is None or request.transport.is_closing():
+                agent.device.log_event("hung_request_abandoned", request.path)
+                return web.Response(status=204)  # never written: the client has gone
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(agent.unhung.wait(), 0.05)
+        return drop_connection(request)
+
     async def agent_api(self, request: web.Request) -> web.StreamResponse:
         agent = self._agent(request)
         if agent is None:
@@ -81,9 +96,7 @@ class SimulatorServer:
             # Agents older than 1.1.0 listen on nothing; the simulator's server answers for them.
             return error(404, "not_found", "This agent has no API (agent older than 1.1.0).")
         if dev.hung:
-            metrics.count("hung_requests")
-            await agent.unhung.wait()
-            return drop_connection(request)
+            return await self._hang(request, agent)
 
         path = request.path[len(f"/d/{dev.uuid}") :] or "/"
         body = await request.read()

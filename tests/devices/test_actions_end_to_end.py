@@ -1,6 +1,7 @@
 """The general actions and the engine's guarantees, end to end: a real Celery worker through Redis
 pushes to the simulated devices, which report their results to the live server."""
 
+import time
 from datetime import timedelta
 
 import pytest
@@ -142,22 +143,113 @@ class TestOfflinePolicy:
         assert simulator.snapshot(device.uuid)["actions_executed"].get("reboot", 0) == 0
 
 
+def pushes(simulator) -> int:
+    """Every action push the simulated agents received, first or repeated."""
+    totals = simulator.run(lambda: dict(simulator.simulator.metrics.totals))
+    return totals.get("pushes", 0) + totals.get("pushes_duplicate", 0)
+
+
+def died_while_sending(delivery):
+    """As if the worker was killed after claiming and pushing the row, before recording the push."""
+    ActionDelivery.objects.filter(pk=delivery.pk).update(state="sending")
+    DeviceAction.objects.filter(pk=delivery.action_id).update(succeeded_count=0, sending_count=1, state="dispatching")
+
+
+class TestSweepSendsWaiting:
+    def test_a_queued_action_waiting_for_a_device_that_is_already_back_is_sent_by_the_sweep(
+        self, client, p, live_server, agent_flusher, celery_worker, celery_beat_factory
+    ):
+        """A device's report normally sends what waited for it; one flushed while the expansion that
+        made its row was still uncommitted does not see the row, and the device, online from then
+        on, never "comes back" again. The sweeper sends it. Agents here report only every 2 min, so
+        nothing but the sweep can send it."""
+        from devices.simulator import SimulatorThread
+        from fleets.services import provisioning_key_create
+
+        sim = SimulatorThread(live_server.url, report_interval=120.0, poll_interval=120.0, reboot_seconds=2.0,
+                              sigkill_after=0.5, start_spread=0.0, seed=5)
+        sim.start()
+        try:
+            virtual = sim.add_device(provisioning_key=provisioning_key_create(fleet=p.fleet),
+                                     device_type=p.fleet.default_device_type.slug, os_version="2.58.3",
+                                     agent_version="1.4.0")
+            device = wait_until(lambda: Device.objects.filter(uuid=virtual.uuid, booted_at__isnull=False).first(),
+                                message="the device to register and report")
+            Device.objects.filter(pk=device.pk).update(last_seen_at=timezone.now() - timedelta(minutes=10))
+            client.force_login(p.operator)
+            client.post(f"/devices/{device.uuid}/actions/reboot/", {"offline_policy": "queue", "ttl_hours": "1"})
+            outcome(device, "waiting")
+            # Its report, flushed before the waiting row was visible: online, nothing sent.
+            Device.objects.filter(pk=device.pk).update(last_seen_at=timezone.now())
+            time.sleep(1)
+            assert ActionDelivery.objects.get(device_id=device.pk).state == "waiting"
+
+            celery_beat_factory(env={"SWEEP_INTERVAL_S": "1"})
+            delivery = outcome(device, "succeeded", timeout=40)
+            assert delivery.attempts == 1
+            assert sim.snapshot(device.uuid)["actions_executed"]["reboot"] == 1
+            assert DeviceAction.objects.get(pk=delivery.action_id).state == "done"
+        finally:
+            sim.stop()
+
+
 class TestIdempotency:
     def test_a_duplicated_delivery_reboots_once(self, client, p, celery_worker, provision, simulator):
         """A worker that dies after pushing but before recording leaves the row "sending"; the
-        redelivered batch pushes again with the same key, and the agent acts once."""
+        redelivered batch (the same message: its task id is the row's claim) pushes again with the
+        same key, and the agent acts once."""
         device = provision(p.fleet)
         client.force_login(p.operator)
         client.post(f"/devices/{device.uuid}/actions/reboot/")
         delivery = outcome(device, "succeeded")
 
-        ActionDelivery.objects.filter(pk=delivery.pk).update(state="sending")  # as if never recorded
-        DeviceAction.objects.filter(pk=delivery.action_id).update(succeeded_count=0, sending_count=1, state="dispatching")
-        deliver_batch.delay(delivery.action_id, device.pk, device.pk)
+        died_while_sending(delivery)
+        deliver_batch.apply_async((delivery.action_id, device.pk, device.pk), task_id=delivery.claim)
 
         wait_until(lambda: ActionDelivery.objects.get(pk=delivery.pk).attempts == 2, message="the second push")
         delivery = outcome(device, "succeeded")
         assert simulator.snapshot(device.uuid)["actions_executed"]["reboot"] == 1
+
+    def test_another_batch_over_the_same_devices_leaves_rows_a_batch_holds_alone(
+        self, client, p, celery_worker, provision, simulator
+    ):
+        """A redispatch or a duplicate message covering rows that another batch claimed (and is
+        still sending) pushes none of them: only pending rows, or its own, are a batch's to send."""
+        device = provision(p.fleet)
+        client.force_login(p.operator)
+        client.post(f"/devices/{device.uuid}/actions/reboot/")
+        delivery = outcome(device, "succeeded")
+        pushed = pushes(simulator)
+
+        died_while_sending(delivery)
+        other = deliver_batch.delay(delivery.action_id, device.pk, device.pk)
+        celery_worker.wait_for(f"{other.id}] succeeded", timeout=20)
+
+        delivery.refresh_from_db()
+        assert (delivery.state, delivery.attempts) == ("sending", 1)
+        assert pushes(simulator) == pushed
+
+    def test_a_redelivered_batch_of_an_action_cancelled_meanwhile_pushes_nothing(
+        self, client, p, celery_worker, provision, simulator
+    ):
+        device = provision(p.fleet)
+        client.force_login(p.operator)
+        client.post(f"/devices/{device.uuid}/actions/reboot/")
+        delivery = outcome(device, "succeeded")
+        pushed = pushes(simulator)
+        died_while_sending(delivery)
+        assert client.post(f"/fleets/{p.fleet.pk}/activity/{delivery.action_id}/cancel/").status_code == 302
+
+        since = celery_worker.log_path.stat().st_size  # the first run of this task id logged it too
+        redelivered = deliver_batch.apply_async((delivery.action_id, device.pk, device.pk), task_id=delivery.claim)
+        celery_worker.wait_for(f"{redelivered.id}] succeeded", timeout=20, since=since)
+
+        delivery.refresh_from_db()
+        assert (delivery.state, delivery.attempts) == ("cancelled", 1)
+        assert "may have received it" in delivery.reason
+        action = DeviceAction.objects.get(pk=delivery.action_id)
+        assert (action.state, action.sending_count, action.cancelled_count) == ("cancelled", 0, 1)
+        assert pushes(simulator) == pushed
 
 
 class TestCancel:

@@ -1,21 +1,26 @@
 """Faults: Redis down when an action is posted, a worker killed mid-action, agents that hang, and a
 database error in the middle of a request. Real worker, Redis and simulator throughout."""
 
+import contextlib
+import json
 import secrets
 import time
 
 import pytest
+from django.db import connection
+from django.db.utils import OperationalError
 from django.utils import timezone
 from kombu import pools
 
 from dashboard.celery import app as celery_app
 from dashboard.embedded_redis import EmbeddedRedis
+from devices import ingest
 from devices.keys import hash_secret, push_secret_for
 from devices.models import ActionDelivery, Device, DeviceAction
 from devices.simulator import SimulatorThread
 from devices.versions import version_key
 from tests.conftest import wait_until
-from tests.factories import Personas
+from tests.factories import Personas, make_device
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 
@@ -137,3 +142,207 @@ class TestWorkerKilled:
             sim.add_device(device_type="raspberrypi3", os_version="2.58.3", agent_version="1.4.0", uuid=uuid,
                            api_key=api_key, push_secret=push_secret_for(uuid), fleet_id=fleet.pk,
                            services=["main"], holds_lock=False, ignores_sigterm=False)
+
+
+class TestAgentsThatHang:
+    TIMEOUT_S = 2.0
+    CONCURRENCY = 2
+
+    def test_more_hung_agents_than_push_slots_fail_on_time_and_healthy_ones_are_still_sent(
+        self, client, p, provision, simulator, celery_worker
+    ):
+        """Three hung agents and a bound of two pushes in flight: each hung push gets its own full
+        time limit from when it reaches the agent (none fails while merely queued), and the healthy
+        devices queued behind them are sent once a slot frees, not failed unreached."""
+        celery_worker.restart(
+            env={"AGENT_PUSH_TIMEOUT_S": f"{self.TIMEOUT_S:g}", "AGENT_PUSH_CONCURRENCY": str(self.CONCURRENCY)}
+        )
+        hung = [provision(p.fleet, name=f"hung-{i}") for i in range(3)]  # lowest ids: pushed first
+        healthy = [provision(p.fleet, name=f"healthy-{i}") for i in range(3)]
+        for device in hung:
+            simulator.hang(device.uuid)
+        client.force_login(p.operator)
+
+        assert client.post(f"/fleets/{p.fleet.pk}/actions/reboot/").status_code == 302
+        action = DeviceAction.objects.get()
+        wait_until(lambda: DeviceAction.objects.get(pk=action.pk).state == "done", timeout=60,
+                   message="every outcome to be final")
+
+        outcomes = {d.device_name: (d.state, d.reason) for d in ActionDelivery.objects.filter(action=action)}
+        for device in hung:
+            assert outcomes[device.name] == ("failed", f"No answer within {self.TIMEOUT_S:g} s")
+        for device in healthy:
+            assert outcomes[device.name][0] == "succeeded"
+            assert simulator.snapshot(device.uuid)["actions_executed"]["reboot"] == 1
+
+        # Each hung agent was reached, and its push given up after about the time limit, counted
+        # from when it arrived (the third waited for a slot first, which does not count).
+        waits = {}
+        for device in hung:
+            events = simulator.snapshot(device.uuid)["events"]
+            arrived = [e["at"] for e in events if e["kind"] == "hung_request"]
+            abandoned = [e["at"] for e in events if e["kind"] == "hung_request_abandoned"]
+            assert len(arrived) == len(abandoned) == 1, f"{device.name} was never contacted: {events}"
+            waits[device.name] = abandoned[0] - arrived[0]
+        assert all(self.TIMEOUT_S - 0.2 <= wait <= self.TIMEOUT_S + 2 for wait in waits.values()), waits
+
+        # The whole batch, and so the healthy pushes queued in it, waits for at most one time limit
+        # per slot-full of hung agents ahead of them: never a limit per hung agent.
+        first_push = min(
+            e["at"] for d in hung for e in simulator.snapshot(d.uuid)["events"] if e["kind"] == "hung_request"
+        )
+        slot_rounds = -(-len(hung) // self.CONCURRENCY)
+        bound = slot_rounds * self.TIMEOUT_S + 2
+        for device in healthy:
+            executed = [e["at"] for e in simulator.snapshot(device.uuid)["events"] if e["kind"] == "reboot"]
+            assert executed and executed[0] - first_push <= bound, (device.name, executed, first_push)
+        failed_at = max(d.finished_at for d in ActionDelivery.objects.filter(action=action, state="failed"))
+        assert failed_at.timestamp() - first_push <= bound
+
+
+WRITES = ("INSERT", "UPDATE", "DELETE")
+
+
+@contextlib.contextmanager
+def database_fails_at_write(n: int, during=None):
+    """Fault injection in this process's connection: its n-th INSERT/UPDATE/DELETE raises as a
+    database that lost its disk or connection would (`during` runs just before, e.g. a report
+    arriving meanwhile). Yields a list that holds the failed statement once it has failed."""
+    writes, failed = 0, []
+
+    def fail(execute, sql, params, many, context):
+        nonlocal writes
+        if sql.lstrip().upper().startswith(WRITES):
+            writes += 1
+            if writes == n:
+                failed.append(sql)
+                if during:
+                    during()
+                raise OperationalError("disk I/O error (injected)")
+        return execute(sql, params, many, context)
+
+    with connection.execute_wrapper(fail):
+        yield failed
+
+
+def broker_messages(test_redis) -> int:
+    """Messages waiting in every Celery queue of the test Redis (no worker runs to take them)."""
+    with test_redis.client() as r:
+        return sum(r.llen(key) for key in r.scan_iter() if r.type(key) == b"list")
+
+
+def device_rows(fleet):
+    return list(Device.objects.filter(fleet=fleet).order_by("pk").values())
+
+
+class TestDatabaseErrorMidRequest:
+    """No worker runs here, so whatever a request enqueued is still in Redis to be counted."""
+
+    @pytest.mark.parametrize(
+        ("kind", "data"),
+        [
+            ("reboot", {}),
+            ("restart", {"confirm": "{fleet}"}),
+            ("reboot", {"ids": "{ids}"}),
+            ("public_url_on", {"ids": "{ids}"}),
+        ],
+        ids=["fleet-reboot", "fleet-restart", "selected-reboot", "selected-public-url"],
+    )
+    def test_an_action_whose_recording_fails_leaves_nothing_behind_and_can_be_retried(
+        self, client, p, test_redis, kind, data
+    ):
+        devices = [make_device(p.fleet) for _ in range(3)]
+        data = {
+            name: p.fleet.name if value == "{fleet}" else [d.pk for d in devices[:2]] if value == "{ids}" else value
+            for name, value in data.items()
+        }
+        client.force_login(p.operator)
+        client.raise_request_exception = False
+        before, queued = device_rows(p.fleet), broker_messages(test_redis)
+
+        with database_fails_at_write(1) as failed:
+            response = client.post(f"/fleets/{p.fleet.pk}/actions/{kind}/", data)
+
+        assert failed and "devices_deviceaction" in failed[0]
+        assert response.status_code == 503
+        html = response.content.decode()
+        assert "The action was not recorded." in html and "you can try again" in html
+        assert not DeviceAction.objects.exists() and not ActionDelivery.objects.exists()
+        assert device_rows(p.fleet) == before
+        assert broker_messages(test_redis) == queued
+
+        # The retry is recorded once and enqueued once: the count above would have seen a message.
+        assert client.post(f"/fleets/{p.fleet.pk}/actions/{kind}/", data).status_code == 302
+        assert DeviceAction.objects.count() == 1
+        assert broker_messages(test_redis) == queued + 1
+
+    @pytest.mark.parametrize("failing_write", range(1, 8))
+    def test_a_device_setting_fails_at_any_of_its_writes_and_nothing_is_half_recorded(
+        self, client, p, test_redis, failing_write
+    ):
+        """A device-scope setting is recorded and applied in the request itself: the action, its
+        delivery, the device's change, the counters, the state. Whichever write fails, none stays."""
+        device = make_device(p.fleet, public_url_enabled=False)
+        client.force_login(p.operator)
+        client.raise_request_exception = False
+        before, queued = device_rows(p.fleet), broker_messages(test_redis)
+
+        with database_fails_at_write(failing_write) as failed:
+            response = client.post(f"/devices/{device.uuid}/actions/public_url_on/")
+
+        assert failed, f"the request made fewer than {failing_write} writes"
+        assert response.status_code == 503 and "Nothing was recorded" in response.content.decode()
+        assert not DeviceAction.objects.exists() and not ActionDelivery.objects.exists()
+        assert device_rows(p.fleet) == before
+        assert broker_messages(test_redis) == queued
+
+        assert client.post(f"/devices/{device.uuid}/actions/public_url_on/").status_code == 302
+        device.refresh_from_db()
+        assert device.public_url_enabled and ActionDelivery.objects.get().state == "succeeded"
+
+    def test_a_database_error_anywhere_else_gets_the_server_error_page(self, client, p):
+        make_device(p.fleet)
+        client.force_login(p.operator)
+        client.raise_request_exception = False
+
+        def fail_on_devices(execute, sql, params, many, context):
+            if '"devices_device"' in sql:
+                raise OperationalError("server closed the connection unexpectedly (injected)")
+            return execute(sql, params, many, context)
+
+        with connection.execute_wrapper(fail_on_devices):
+            response = client.post(f"/fleets/{p.fleet.pk}/actions/reboot/")
+
+        assert response.status_code == 500
+        html = response.content.decode()
+        assert "Something went wrong on our side" in html and "You can try again" in html
+        assert "Traceback" not in html and "OperationalError" not in html
+        assert 'class="topbar"' in html  # the shared layout
+        assert not DeviceAction.objects.exists()
+
+
+class TestDatabaseErrorDuringFlush:
+    def test_reports_a_failed_flush_had_taken_are_written_by_the_next_one(self, client, p):
+        key = secrets.token_hex(16)
+        device = make_device(p.fleet, api_key=key, online=False, os_version="2.58.3")
+        auth = {"HTTP_AUTHORIZATION": f"Bearer {key}"}
+
+        def report(**fields):
+            response = client.patch("/api/v1/device/state", json.dumps(fields), content_type="application/json", **auth)
+            assert response.status_code == 204
+
+        report(status="idle", os_version="2.95.12", ip_address="10.0.0.7")
+        before = Device.objects.filter(pk=device.pk).values().get()
+
+        # A newer report arrives while the failing flush is writing: its fields must win.
+        with database_fails_at_write(1, during=lambda: report(ip_address="10.0.0.8")) as failed, pytest.raises(OperationalError):
+            ingest.flush()
+
+        assert failed and "devices_device" in failed[0]
+        assert Device.objects.filter(pk=device.pk).values().get() == before
+        assert ingest.redis_client().sismember(ingest.DIRTY, device.pk)
+
+        assert ingest.flush().reports == 1
+        device.refresh_from_db()
+        assert (device.agent_status, device.os_version, device.ip_address) == ("idle", "2.95.12", "10.0.0.8")
+        assert device.is_online

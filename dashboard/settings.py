@@ -225,6 +225,11 @@ DEVICE_OFFLINE_AFTER_S = env_int("DEVICE_OFFLINE_AFTER_S", 30)
 AGENT_PUSH_TIMEOUT_S = env_float("AGENT_PUSH_TIMEOUT_S", 5.0)
 # A sent action whose result never arrives is failed after this long.
 ACTION_RESULT_TIMEOUT_S = env_int("ACTION_RESULT_TIMEOUT_S", 120)
+# A host OS update the device has not reported done within this long fails (and is withdrawn).
+OS_UPDATE_TIMEOUT_S = env_int("OS_UPDATE_TIMEOUT_S", 24 * 3600)
+# A setting (move, local mode, lock override) a device has not polled within this long expires in
+# the audit; it stays in the target state and the device still applies it when it polls.
+SETTING_POLL_TIMEOUT_S = env_int("SETTING_POLL_TIMEOUT_S", 7 * 24 * 3600)
 ACTION_BATCH_SIZE = env_int("ACTION_BATCH_SIZE", 500)
 # Agent reports and results are buffered in Redis and written in bulk this often (devices.ingest),
 # by a thread in each Celery worker unless turned off (then run `manage.py flush_agent_reports --loop`).

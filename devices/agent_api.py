@@ -197,6 +197,7 @@ def clean_report(payload: dict, now) -> dict:
         "release": lambda v: {"release_commit": _string(v or "", 40)},
         "update_lock_held": lambda v: {"update_lock_held": _boolean(v)},
         "os_update_progress": lambda v: {"os_update_progress": None if v is None else _integer(v, 0, 100)},
+        "update_blocked": lambda v: {"update_blocked": _string(v or "", 200)},
         "services": lambda v: {"services": _services(v)},
         "volumes": lambda v: {"volumes": _volumes(v)},
     }
@@ -279,6 +280,8 @@ def target_state(request, identity):
         .filter(pk=identity.id)
         .first()
     )
+    if device is not None and device.awaiting_poll:
+        device = services.action_record_polled(device.pk)  # a setting waits for this poll
     if device is None:
         raise AgentError(401, "invalid_api_key", "Unknown api key, or the device was deleted.")
     target = services.device_target_state(device)

@@ -91,8 +91,18 @@ class MoveForm(ActionForm):
         return {"fleet_id": target.pk, "fleet_name": target.name, "arch": target.default_device_type.arch}
 
 
+class CatalogVersionField(forms.ChoiceField):
+    """Offers the newer versions (`choices`) but takes any catalog version of the devices' types,
+    so a forged or stale downgrade gets the form's own reason, not "not one of the choices"."""
+
+    catalog: frozenset = frozenset()
+
+    def valid_value(self, value):
+        return value in self.catalog or super().valid_value(value)
+
+
 class OSUpdateForm(ActionForm):
-    version = forms.ChoiceField(label="Update to", choices=())
+    version = CatalogVersionField(label="Update to", choices=())
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -105,13 +115,20 @@ class OSUpdateForm(ActionForm):
             .distinct()
         )
         self.fields["version"].choices = [(v, v) for v in dict.fromkeys(versions)]
+        self.fields["version"].catalog = frozenset(
+            HostOSRelease.objects.filter(device_type__in=types).values_list("version", flat=True)
+        )
         if not self.fields["version"].choices:
             self.fields["version"].help_text = "No newer version is available for these devices."
 
     def clean_version(self):
         version = self.cleaned_data["version"]
-        if self.devices.count() == 1 and version_key(version) <= self.devices.get().os_version_key:
-            raise forms.ValidationError("The host OS cannot be downgraded or reinstalled.")
+        devices = list(self.devices.order_by()[:2])
+        if len(devices) == 1 and version_key(version) <= devices[0].os_version_key:
+            raise forms.ValidationError(
+                f"The host OS cannot be downgraded or reinstalled: {devices[0].name} runs "
+                f"{devices[0].os_version}, and {version} is not newer."
+            )
         return version
 
     def params(self) -> dict:

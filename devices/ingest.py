@@ -5,9 +5,9 @@ from a cache (keyed by the hash of its api key), and the report's fields are mer
 hash. A flusher (a thread in every Celery worker, or `manage.py flush_agent_reports --loop`)
 drains the buffer every AGENT_FLUSH_INTERVAL_S with one UPDATE per thousand devices, and takes the
 actions a report implies in bulk too: queued actions for devices that came back, OS updates that
-reached their target. Action results are buffered the same way and applied as grouped
-transitions. Several flushers may run at once: SPOP hands each device's report to one, and results go
-through a Redis stream consumer group, acknowledged only after they are written, so a flusher
+reached their target or that the update lock holds back. Action results are buffered the same way
+and applied as grouped transitions. Several flushers may run at once: SPOP hands each device's report
+to one, and results go through a Redis stream consumer group, acknowledged only after they are written, so a flusher
 killed mid-way loses none (reports are snapshots: the next one repairs a lost one).
 """
 
@@ -39,6 +39,9 @@ RESULTS_MAXLEN = 1_000_000
 RESULT_RECLAIM_MS = 30_000
 IDENTITY_TTL_S = 600
 UNKNOWN_KEY_TTL_S = 10
+# A deleted device's key stays marked wrong at least as long as an identity is cached: a request
+# that read the device before the delete committed cannot write it back meanwhile (its SET is NX).
+DELETED_KEY_TTL_S = IDENTITY_TTL_S
 FLUSH_BATCH = 5000
 UPDATE_CHUNK = 1000
 
@@ -86,17 +89,34 @@ def identity_for_api_key(api_key: str) -> AgentIdentity | None:
         return AgentIdentity(int(device_id), uuid)
     row = Device.objects.filter(api_key_hash=key_hash).values_list("id", "uuid").first()
     if row is None:
-        r.set(_identity_key(key_hash), "-", ex=UNKNOWN_KEY_TTL_S)  # a wrong key costs no read for a while
+        remember_identity(key_hash, None)  # a wrong key costs no read for a while
         return None
-    r.set(_identity_key(key_hash), f"{row[0]}|{row[1]}", ex=IDENTITY_TTL_S)
+    if not remember_identity(key_hash, row):
+        # Someone wrote the key meanwhile: most likely forget_api_keys, the device being deleted
+        # after our read. What is cached now wins.
+        cached = r.get(_identity_key(key_hash))
+        if cached == b"-":
+            return None
     return AgentIdentity(*row)
 
 
+def remember_identity(key_hash: str, row: tuple[int, str] | None) -> bool:
+    """Cache what a read found (None: no such key), unless the key is cached already: SET NX, so a
+    read that raced a delete never overwrites the "-" forget_api_keys wrote. False if not written."""
+    value, ttl = ("-", UNKNOWN_KEY_TTL_S) if row is None else (f"{row[0]}|{row[1]}", IDENTITY_TTL_S)
+    return bool(redis_client().set(_identity_key(key_hash), value, ex=ttl, nx=True))
+
+
 def forget_api_keys(key_hashes) -> None:
-    """Deleted devices: their api keys stop working at once, not when the cache expires."""
+    """Deleted devices: their api keys stop working at once, not when the cache expires. The keys
+    are marked wrong rather than dropped, so a request that read the device just before the delete
+    committed cannot put it back (see remember_identity)."""
     keys = [_identity_key(h) for h in key_hashes]
     for start in range(0, len(keys), 10_000):
-        redis_client().delete(*keys[start : start + 10_000])
+        pipe = redis_client().pipeline(transaction=False)
+        for key in keys[start : start + 10_000]:
+            pipe.set(key, "-", ex=DELETED_KEY_TTL_S)
+        pipe.execute()
 
 
 # --- Buffering ---------------------------------------------------------------------------------------
@@ -265,11 +285,11 @@ def apply_reports(reports: dict[int, dict]) -> None:
     before = {
         row["id"]: row
         for row in Device.objects.filter(pk__in=reports).values(
-            "id", "is_active", "last_seen_at", "agent_status", "target_os_version"
+            "id", "is_active", "last_seen_at", "agent_status", "target_os_version", "update_blocked"
         )
     }
     cutoff = online_cutoff()
-    came_back, updated = [], []
+    came_back, updated, blocking = [], [], []
     for device_id, fields in reports.items():
         old = before.get(device_id)
         if old is None:
@@ -283,6 +303,8 @@ def apply_reports(reports: dict[int, dict]) -> None:
         if target and fields.get("os_version_key", 0) >= version_key(target):
             fields["target_os_version"] = ""
             updated.append((device_id, fields["os_version"]))
+        elif target and fields.get("update_blocked", old["update_blocked"]) != old["update_blocked"]:
+            blocking.append((device_id, fields["update_blocked"]))  # rare: the lock began or ceased to block
     with transaction.atomic():
         groups = defaultdict(list)
         for device_id, fields in reports.items():
@@ -290,6 +312,11 @@ def apply_reports(reports: dict[int, dict]) -> None:
                 groups[tuple(sorted(fields))].append((device_id, fields))
         for names, rows in groups.items():
             bulk_update_devices(names, rows)
+        if blocking:
+            from devices.services.engine import action_record_update_blocked
+
+            for device_id, detail in blocking:
+                action_record_update_blocked(device_id, detail)
         if updated:
             from devices.services.engine import action_record_update_done
 

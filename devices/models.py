@@ -92,12 +92,17 @@ class Device(models.Model):
     volumes = models.JSONField(default=list, blank=True)
     booted_at = models.DateTimeField(null=True, blank=True)
     os_update_progress = models.PositiveSmallIntegerField(null=True, blank=True)
+    # What pending update the update lock holds back, in the agent's words ("" when nothing is).
+    update_blocked = models.CharField(max_length=200, blank=True)
 
     # Target state, polled by the agent.
     public_url_enabled = models.BooleanField(default=False)
     local_mode = models.BooleanField(default=False)
     lock_override = models.BooleanField(default=False)
     target_os_version = models.CharField(max_length=30, blank=True)
+    # A setting changed that the device has not fetched yet: its next poll confirms the deliveries
+    # waiting for it (one flag on the row the poll reads anyway, so other polls cost nothing more).
+    awaiting_poll = models.BooleanField(default=False)
 
     support_access_until = models.DateTimeField(null=True, blank=True)
     api_key_hash = models.CharField(max_length=64, unique=True)

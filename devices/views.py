@@ -269,7 +269,9 @@ def _confirm_or_dispatch(request, spec: services.ActionSpec, target: Target):
     """
     if target.scope not in spec.scopes:
         return _refuse(request, target.fleet, f"{spec.label} cannot be applied to {target.scope_label}.")
-    refusal = spec.check(target.device) if spec.check and target.device else None
+    # One device: say why it cannot take the action (old agent, deactivated, the kind's own check)
+    # rather than only that "none of the selected devices" can.
+    refusal = _unavailable(spec, target.device) if target.device else None
     data = request.POST if request.method == "POST" else request.GET
     policy = data.get("offline_policy", OfflinePolicy.ONLINE_ONLY)
     if policy not in OfflinePolicy.values:
@@ -346,7 +348,12 @@ def _confirm_or_dispatch(request, spec: services.ActionSpec, target: Target):
             ttl=ttl,
             rollout=rollout,
         )
-    verb = "sent to" if spec.needs_agent_api else "applied to"
+    if spec.needs_agent_api:
+        verb = "sent to"
+    elif spec.tracked or spec.applied_on_poll:
+        verb = "in the target state of"  # done once the device has it: see the outcomes
+    else:
+        verb = "applied to"
     messages.success(request, f"{spec.label}: {verb} {target.what()}.")
     if target.scope == ActionScope.DEVICE and spec.kind != services.ActionKind.DELETE:
         url = reverse("devices:detail", args=[target.device.uuid])

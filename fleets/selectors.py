@@ -15,12 +15,25 @@ from dataclasses import dataclass
 
 from django.contrib.auth.models import Permission
 from django.core.exceptions import PermissionDenied
-from django.db.models import Case, Count, Exists, IntegerField, OuterRef, Q, QuerySet, Subquery, Value, When
+from django.db.models import (
+    Case,
+    Count,
+    Exists,
+    F,
+    IntegerField,
+    OuterRef,
+    Q,
+    QuerySet,
+    Subquery,
+    Value,
+    When,
+)
+from django.db.models.fields.json import KT
 from django.db.models.functions import Coalesce, Greatest
 from django.http import Http404
 from django.utils import timezone
 
-from devices.models import Device
+from devices.models import ActionKind, ActionState, Device, DeviceAction
 from fleets.models import (
     ROLE_PERMISSION,
     ROLE_RANK,
@@ -387,6 +400,24 @@ class TransferTarget:
         if self.placeholder is not None and self.placeholder.user_role:
             return f"you are its {FleetRole(self.placeholder.user_role).label}"
         return "you are not a member of it"
+
+
+def fleet_activity_log(fleet: Fleet) -> QuerySet[DeviceAction]:
+    """The fleet's audit records. A transfer is recorded in both organizations, each record naming
+    the fleet; the fleet's own log shows it once, by the receiving organization's record."""
+    return (
+        DeviceAction.objects.filter(fleet=fleet)
+        .alias(moved_to=KT("params__to"))
+        .exclude(Q(kind=ActionKind.FLEET_TRANSFER) & ~Q(organization__handle=F("moved_to")))
+    )
+
+
+def open_actions(fleet: Fleet) -> QuerySet[DeviceAction]:
+    """The fleet's actions still under way: queued, being expanded or dispatched, staged, or with
+    deliveries waiting for devices to come back."""
+    return DeviceAction.objects.filter(fleet=fleet).exclude(
+        state__in=[ActionState.DONE, ActionState.HALTED, ActionState.CANCELLED]
+    )
 
 
 def transfer_refusal(user, fleet: Fleet) -> str:

@@ -5,10 +5,11 @@ from datetime import timedelta
 
 from django.contrib.auth.models import Permission, User
 from django.db import IntegrityError, transaction
+from django.db.models import Q
 from django.utils import timezone
 
 from devices.keys import hash_secret, new_secret
-from devices.models import ActionKind, ActionState, Device, DeviceAction
+from devices.models import ActionKind, Device
 from devices.selectors import forget_fleet_counts
 from devices.services import ActionError, action_cancel, action_record
 from devices.services.device_actions import delete_devices
@@ -26,7 +27,13 @@ from fleets.models import (
     ProvisioningKey,
     Release,
 )
-from fleets.selectors import fleet_type_options, transfer_refusal, transfer_targets
+from fleets.selectors import (
+    fleet_type_options,
+    is_org_admin,
+    open_actions,
+    transfer_refusal,
+    transfer_targets,
+)
 
 
 def _role_permissions(role: FleetRole) -> list[Permission]:
@@ -221,12 +228,16 @@ def fleet_transfer(*, actor, fleet: Fleet, organization: Organization) -> Fleet:
 
     The Fleet row changes organization; devices, releases and provisioning keys follow it by
     foreign key, so device ids, api keys and agent connections are untouched and an online device
-    stays online. The empty placeholder fleet in the target organization is deleted; its members
-    other than the actor keep that membership on the transferred fleet (the target's
-    administrators chose them for it). The actor stops being a member of the fleet. Every fleet
-    member becomes a member of the target organization if not one already.
+    stays online. The fleet's open actions are cancelled, as when it is deleted: they were
+    started in the source organization, by someone who may have no access in the target. The empty
+    placeholder fleet in the target organization is deleted; its members other than the actor keep
+    that membership on the transferred fleet (the target's administrators chose them for it). The
+    actor stops being a member of the fleet. Every fleet member becomes a member of the target
+    organization if not one already (a fleet's members are members of its organization).
+
+    Both fleets are locked before any condition is read, so what is checked is what is changed.
     """
-    fleet = _locked(fleet)
+    fleet, placeholder = _locked_for_transfer(fleet, organization)
     source = fleet.organization
     refusal = transfer_refusal(actor, fleet)
     if refusal:
@@ -238,13 +249,10 @@ def fleet_transfer(*, actor, fleet: Fleet, organization: Organization) -> Fleet:
         )
     if not target.ready:
         raise ActionError(" ".join(target.missing))
-    placeholder = Fleet.objects.select_for_update().get(pk=target.placeholder.pk)
-    if (
-        Device.objects.filter(fleet=placeholder).exists()
-        or Release.objects.filter(fleet=placeholder).exists()
-    ):
-        raise ActionError(f"{organization.name}’s fleet “{placeholder.name}” is no longer empty.")
+    if placeholder is None or target.placeholder.pk != placeholder.pk:  # created or renamed since the lock
+        raise ActionError(f"{organization.name}’s fleet “{fleet.name}” changed meanwhile; try again.")
 
+    cancel_open_actions(fleet)
     source_members = set(FleetMembership.objects.filter(fleet=fleet).values_list("user_id", flat=True))
     carried = [
         (membership.user, membership.role)
@@ -287,6 +295,29 @@ def fleet_transfer(*, actor, fleet: Fleet, organization: Organization) -> Fleet:
     return fleet
 
 
+def _locked_for_transfer(fleet: Fleet, organization: Organization) -> tuple[Fleet, Fleet | None]:
+    """The fleet and the target's fleet of the same name (if any), locked in id order: two
+    transfers the other way round at once wait for each other instead of deadlocking."""
+    rows = list(
+        Fleet.objects.select_for_update(of=("self",))
+        .select_related("organization", "fleet_type")
+        .filter(Q(pk=fleet.pk) | Q(organization=organization, name__iexact=fleet.name))
+        .order_by("pk")
+    )
+    fleet = next(row for row in rows if row.pk == fleet.pk)
+    placeholder = next((row for row in rows if row.pk != fleet.pk), None)
+    return fleet, placeholder
+
+
+def cancel_open_actions(fleet: Fleet) -> int:
+    """Cancel the fleet's actions still under way (queued, expanding, dispatching, staged or waiting
+    for devices), as the fleet is leaving its organization or going; returns how many."""
+    actions = list(open_actions(fleet).select_for_update())
+    for action in actions:
+        action_cancel(action=action)
+    return len(actions)
+
+
 @dataclass(frozen=True)
 class FleetDeletion:
     name: str
@@ -303,10 +334,7 @@ def fleet_delete(*, actor, fleet: Fleet) -> FleetDeletion:
     ActionDelivery keeps its device's uuid and name.
     """
     fleet = _locked(fleet)
-    for action in DeviceAction.objects.filter(fleet=fleet).exclude(
-        state__in=[ActionState.DONE, ActionState.CANCELLED]
-    ):
-        action_cancel(action=action)  # nothing left to send to: the devices are going
+    cancel_open_actions(fleet)  # nothing left to send to: the devices are going
     devices = delete_devices(Device.objects.filter(fleet=fleet))
     releases = Release.objects.filter(fleet=fleet).count()
     action_record(
@@ -335,24 +363,39 @@ def _user_named(username: str):
 
 @transaction.atomic
 def fleet_member_add(*, actor, fleet: Fleet, username: str, role: FleetRole) -> FleetMembership:
-    """Add a user to the fleet by username; they join the fleet's organization as a member if needed."""
+    """Add a user to the fleet by username.
+
+    A fleet's members are members of its organization, and org administrators decide who those
+    are: a fleet administrator adds people already in the organization; an org administrator may
+    add anyone, who then joins the organization as a member.
+    """
     role = FleetRole(role)
     user = _user_named(username)
+    organization = fleet.organization
     existing = FleetMembership.objects.filter(fleet=fleet, user=user).first()
     if existing:
         raise ActionError(
             f"{user.get_username()} is already a member ({existing.get_role_display()}); change their role in the list."
         )
-    OrgMembership.objects.get_or_create(
-        organization=fleet.organization, user=user, defaults={"role": OrgRole.MEMBER}
-    )
+    joins = not OrgMembership.objects.filter(organization=organization, user=user).exists()
+    if joins:
+        if not is_org_admin(actor, organization):
+            raise ActionError(
+                f"{user.get_username()} is not a member of {organization.name}, and only its administrators add "
+                f"people to it: ask one to add {user.get_username()} to {organization.name} (or to this fleet)."
+            )
+        OrgMembership.objects.get_or_create(
+            organization=organization, user=user, defaults={"role": OrgRole.MEMBER}
+        )
     membership = fleet_member_set(fleet=fleet, user=user, role=role)
     action_record(
         actor=actor,
         kind=ActionKind.MEMBER_CHANGE,
         fleet=fleet,
-        summary=f"Added {user.get_username()} as {role.label}",
-        params={"user": user.get_username(), "role": role.value},
+        summary=f"Added {user.get_username()} as {role.label}"
+        + (f", and to {organization.name} as a Member" if joins else ""),
+        params={"user": user.get_username(), "role": role.value}
+        | ({"org_role": OrgRole.MEMBER.value} if joins else {}),
     )
     return membership
 

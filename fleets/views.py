@@ -52,10 +52,12 @@ from fleets.models import (
     OrgRole,
 )
 from fleets.selectors import (
+    fleet_activity_log,
     fleet_for_user,
     fleet_type_options,
     fleets_for_user,
     is_org_admin,
+    open_actions,
     org_admin_organizations,
     organization_for_admin,
     organizations_for_user,
@@ -487,6 +489,7 @@ def fleet_transfer(request, fleet_id):
         "title": f"Transfer {fleet.name} to another organization",
         "form": form,
         "targets": targets,
+        "open_actions": open_actions(fleet).count(),
         "error": error,
         "blocked": not any(target.ready for target in targets),
         "confirm_text": fleet.name,
@@ -566,6 +569,7 @@ def fleet_members(request, fleet_id):
         "tabs": _tabs(fleet, "members"),
         "members": members,
         "org_admins": org_admins,
+        "org_admin": request.user.is_superuser or any(m.user_id == request.user.pk for m in org_admins),
         "form": form,
         "error": error,
         "roles": FleetRole.choices,
@@ -627,9 +631,7 @@ ACTIVITY_PAGE_SIZE = 50
 def fleet_activity(request, fleet_id):
     """The fleet's audit log: who did what, when, to which devices, with outcome counts; CSV too."""
     fleet = fleet_for_user(request.user, fleet_id)
-    action_filter = ActionFilter(
-        request.GET, queryset=DeviceAction.objects.filter(fleet=fleet).select_related("device")
-    )
+    action_filter = ActionFilter(request.GET, queryset=fleet_activity_log(fleet).select_related("device"))
     actions = action_filter.qs if action_filter.is_valid() else DeviceAction.objects.none()
     if request.GET.get("format") == "csv":
         return csv_response(f"{fleet.name}-activity.csv", ACTIVITY_CSV_HEADER, activity_csv_rows(actions))

@@ -270,17 +270,21 @@ def agent_flusher():
 
 
 @pytest.fixture
-def simulator(live_server, agent_flusher):
+def simulator(request, live_server, agent_flusher):
     """The device simulator in a background thread, talking to this test's live server.
 
     Fast clocks: reports and polls every second, a reboot is dark for 2 s, SIGKILL after 0.5 s.
+    A test changes them with `@pytest.mark.simulator(poll_interval=120.0)`: a slow poll shows
+    whether something reaches the device by a nudge or only at its scheduled poll.
     """
     from devices.simulator import SimulatorThread
 
-    sim = SimulatorThread(
-        live_server.url, report_interval=1.0, poll_interval=1.0, reboot_seconds=2.0, sigkill_after=0.5,
-        os_update_seconds=2.0, start_spread=0.0, seed=1,
+    options = dict(
+        report_interval=1.0, poll_interval=1.0, reboot_seconds=2.0, sigkill_after=0.5, os_update_seconds=2.0,
+        start_spread=0.0, seed=1,
     )  # fmt: skip
+    marker = request.node.get_closest_marker("simulator")
+    sim = SimulatorThread(live_server.url, **(options | (marker.kwargs if marker else {})))
     sim.start()
     yield sim
     sim.stop()

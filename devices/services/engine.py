@@ -43,7 +43,7 @@ from devices.models import (
 )
 from devices.selectors import online_q
 from devices.services.agent import AgentError
-from devices.services.specs import ACTIONS, PUSH_KINDS, ActionError, ActionSpec, Rule
+from devices.services.specs import ACTIONS, NUDGED, POLL_KINDS, PUSH_KINDS, ActionError, ActionSpec, Rule
 from devices.versions import AGENT_API_MIN
 from fleets.models import Fleet
 
@@ -394,6 +394,13 @@ def action_expand(action_id: int) -> None:
                 .exists()
             ):
                 return  # cancelled while expanding
+            if spec.lock_devices:  # before the INSERT ... SELECT reads them (see ActionSpec.lock_devices)
+                list(
+                    devices.filter(pk__gt=last)
+                    .order_by("pk")
+                    .select_for_update(of=("self",))
+                    .values_list("pk", flat=True)[:EXPAND_CHUNK]
+                )
             inserted = _insert_deliveries(action, devices, rules, after=last, limit=EXPAND_CHUNK)
             if inserted:
                 upto = max(device_id for device_id, _ in inserted)
@@ -427,12 +434,18 @@ def _apply_setting(action: DeviceAction, spec: ActionSpec, device_ids: list[int]
         return
     applied = Device.objects.filter(pk__in=device_ids)
     changes = spec.changes(action.params, action.created_at)
+    if spec.applied_on_poll:
+        changes["awaiting_poll"] = True  # its next poll confirms the delivery (action_record_polled)
     if changes:
         applied.update(**changes)
     if spec.nudge:
         nudge_ids = list(
-            applied.filter(online_q(), agent_version_key__gte=AGENT_API_MIN).values_list("pk", flat=True)
+            applied.filter(online_q(), agent_version_key__gte=AGENT_API_MIN)
+            .exclude(api_address="")
+            .values_list("pk", flat=True)
         )
+        if spec.applied_on_poll and nudge_ids:
+            ActionDelivery.objects.filter(action_id=action.pk, device_id__in=nudge_ids).update(reason=NUDGED)
         transaction.on_commit(lambda: _enqueue_nudges(nudge_ids))
     if spec.after:
         spec.after(action, applied)
@@ -727,6 +740,57 @@ def action_record_update_done(device_id: int, reason: str) -> None:
 
 
 @transaction.atomic
+def action_record_polled(device_id: int) -> Device | None:
+    """The device is fetching its target state while a setting waits for it (`awaiting_poll`): the
+    device row, locked and read again, is what the answer is built from, and every setting delivery
+    still open for the device succeeds. The lock orders this poll with a setting being applied right
+    now: either the poll sees that setting (and confirms it) or it waits for the next poll."""
+    device = (
+        Device.objects.select_for_update(of=("self",))
+        .select_related("fleet", "device_type", "fleet__target_release")
+        .filter(pk=device_id)
+        .first()
+    )
+    if device is None or not device.awaiting_poll:
+        return device
+    Device.objects.filter(pk=device_id).update(awaiting_poll=False)
+    device.awaiting_poll = False
+    waiting = ActionDelivery.objects.filter(
+        device_id=device_id, state=DeliveryState.SENT, action__kind__in=POLL_KINDS
+    )
+    action_ids = list(waiting.values_list("action_id", flat=True).distinct())
+    for action in DeviceAction.objects.filter(pk__in=action_ids).only("pk", "kind", "params"):
+        reason = f"{ACTIONS[action.kind].reason(action.params)}: the device has fetched it"
+        rows = ActionDelivery.objects.filter(action_id=action.pk, device_id=device_id)
+        _transition(action.pk, rows, [DeliveryState.SENT], DeliveryState.SUCCEEDED, reason=reason)
+        _finish_if_settled(action.pk)
+    return device
+
+
+BLOCKED_BY_LOCK = "Blocked by update lock"
+
+
+def action_record_update_blocked(device_id: int, detail: str) -> None:
+    """The device says the update lock holds its pending update back (`detail`), or no longer does.
+
+    The delivery of a tracked OS update stays "sent", with the reason saying it is blocked by the
+    update lock, rather than moving to the final "blocked" state a refused restart gets: the update
+    is still in the device's target state, so the lock override (or the lock's release) lets this
+    same delivery through and it succeeds when the new version is reported. Its time limit
+    (OS_UPDATE_TIMEOUT_S, in the sweep) is what ends one that stays blocked.
+    """
+    open_updates = ActionDelivery.objects.filter(
+        device_id=device_id, state=DeliveryState.SENT, action__kind=ActionKind.OS_UPDATE
+    )
+    if detail:
+        open_updates.update(reason=f"{BLOCKED_BY_LOCK}: {detail}"[:300])
+    else:
+        open_updates.filter(reason__startswith=BLOCKED_BY_LOCK).update(
+            reason="The update lock no longer holds it back: waiting for the device to update"
+        )
+
+
+@transaction.atomic
 def record_results(groups: dict[tuple[int, str, str], list[int]]) -> int:
     """Agents' results, grouped by (action, outcome, reason): one transition per group. The first
     final result of a delivery wins; a repeat, or a key of an action that does not exist, changes
@@ -809,6 +873,8 @@ def actions_sweep(now=None) -> dict:
                 now=now,
             )
             _finish_if_settled(action_id)
+    stats["os_updates_timed_out"] = _time_out_os_updates(now)
+    stats["settings_expired"] = _expire_unpolled_settings(now)
     stale = now - timedelta(seconds=10)
     for action_id in DeviceAction.objects.filter(state=ActionState.QUEUED, created_at__lt=stale).values_list(
         "pk", flat=True
@@ -840,4 +906,70 @@ def _redispatch_stranded(now) -> int:
         pending = ActionDelivery.objects.filter(action_id=action_id, state=DeliveryState.PENDING)
         _enqueue_batches(action_id, list(pending.order_by("device_id").values_list("device_id", flat=True)))
         count += 1
+    return count
+
+
+def _duration(seconds: int) -> str:
+    if seconds % 86400 == 0:
+        return f"{seconds // 86400} day{'s' if seconds != 86400 else ''}"
+    if seconds % 3600 == 0:
+        return f"{seconds // 3600} h"
+    return f"{seconds} s"
+
+
+def _time_out_os_updates(now) -> int:
+    """A host OS update not reported done within OS_UPDATE_TIMEOUT_S fails, and is withdrawn from
+    the target state like a cancelled one (a device must not update long after the audit gave up)."""
+    limit = settings.OS_UPDATE_TIMEOUT_S
+    late = DeviceAction.objects.filter(
+        kind=ActionKind.OS_UPDATE, sent_count__gt=0, created_at__lt=now - timedelta(seconds=limit)
+    )
+    count = 0
+    for action_id, params in late.values_list("pk", "params"):
+        version = params.get("version", "")
+        with transaction.atomic():
+            rows = ActionDelivery.objects.filter(action_id=action_id, state=DeliveryState.SENT)
+            Device.objects.filter(pk__in=rows.values("device_id"), target_os_version=version).update(
+                target_os_version=""
+            )
+            blocked = rows.filter(reason__startswith=BLOCKED_BY_LOCK)
+            count += _transition(
+                action_id,
+                blocked,
+                [DeliveryState.SENT],
+                DeliveryState.FAILED,
+                reason=f"Not updated within {_duration(limit)}: still blocked by the update lock; withdrawn",
+                now=now,
+            )
+            count += _transition(
+                action_id,
+                ActionDelivery.objects.filter(action_id=action_id),
+                [DeliveryState.SENT],
+                DeliveryState.FAILED,
+                reason=f"The device did not report {version} within {_duration(limit)}; withdrawn",
+                now=now,
+            )
+            _finish_if_settled(action_id)
+    return count
+
+
+def _expire_unpolled_settings(now) -> int:
+    """A setting no poll has confirmed within SETTING_POLL_TIMEOUT_S expires in the audit. The
+    change itself stays in the target state: the device applies it whenever it polls again."""
+    limit = settings.SETTING_POLL_TIMEOUT_S
+    late = DeviceAction.objects.filter(
+        kind__in=POLL_KINDS, sent_count__gt=0, created_at__lt=now - timedelta(seconds=limit)
+    )
+    count = 0
+    for action_id in late.values_list("pk", flat=True):
+        with transaction.atomic():
+            count += _transition(
+                action_id,
+                ActionDelivery.objects.filter(action_id=action_id),
+                [DeliveryState.SENT],
+                DeliveryState.EXPIRED,
+                reason=f"Not polled within {_duration(limit)}; still in the target state, applied when polled",
+                now=now,
+            )
+            _finish_if_settled(action_id)
     return count

@@ -34,6 +34,9 @@ NO_AGENT_API = Rule(
     "agent older than 1.1.0",
 )
 
+APPLIES_AT_POLL = "In the target state; applies at the device's next poll"
+NUDGED = "In the target state; the device was nudged to poll it now"
+
 PUSH_KINDS = (ActionKind.RESTART, ActionKind.PURGE, ActionKind.REBOOT, ActionKind.SHUTDOWN)
 ALL_SCOPES = frozenset(ActionScope)
 DEVICE_AND_SELECTION = frozenset({ActionScope.DEVICE, ActionScope.SELECTION})
@@ -59,10 +62,17 @@ class ActionSpec:
     done_reason: str | Callable[[dict], str] = ""
     # Outcome stays "sent" until the device reports the change done (e.g. a new OS version).
     tracked: bool = False
+    # Outcome stays "sent" until the device has fetched a target state with the change in it (its
+    # agent applies fleet and config changes as soon as it has them): no "Succeeded" for a device
+    # that is offline and has not seen it yet.
+    applied_on_poll: bool = False
     # Poke online agents to poll their target state now instead of at their next poll.
     nudge: bool = False
     rules: Callable[[dict], list[Rule]] | None = None  # kind-specific skips, from the parameters
     applies_to_deactivated: bool = False
+    # Lock the devices' rows before classifying them, so two actions racing on the same devices
+    # (two deactivate clicks) see each other's change: the second finds the device deactivated.
+    lock_devices: bool = False
     needs_api_for_setting: bool = False  # a setting only agents with the API understand
     form: str = ""  # dotted path of the parameters form, if the kind takes parameters
     after: Callable | None = None  # after(action, devices): extra work on the devices it applied to
@@ -104,6 +114,8 @@ class ActionSpec:
             return DeliveryState.PENDING, ""
         if self.tracked:
             return DeliveryState.SENT, self.reason(params)
+        if self.applied_on_poll:
+            return DeliveryState.SENT, APPLIES_AT_POLL
         return DeliveryState.SUCCEEDED, self.reason(params)
 
     def skip_rules(self, params: dict) -> list[Rule]:
@@ -264,6 +276,7 @@ ACTIONS = {
             sets=lambda params, now: {"lock_override": params["enabled"]},
             done_reason=lambda params: "Lock override on" if params["enabled"] else "Lock override off",
             nudge=True,
+            applied_on_poll=True,
             needs_api_for_setting=True,
             form="devices.forms.LockOverrideForm",
         ),
@@ -279,6 +292,7 @@ ACTIONS = {
             done_reason=lambda params: f"Moved to {params['fleet_name']}",
             rules=_move_rules,
             nudge=True,
+            applied_on_poll=True,
             form="devices.forms.MoveForm",
             after=_after_move,
         ),
@@ -305,6 +319,7 @@ ACTIONS = {
             sets={"local_mode": True},
             done_reason="Local mode on",
             nudge=True,
+            applied_on_poll=True,
         ),
         ActionSpec(
             ActionKind.LOCAL_MODE_OFF,
@@ -314,6 +329,7 @@ ACTIONS = {
             sets={"local_mode": False},
             done_reason="Local mode off",
             nudge=True,
+            applied_on_poll=True,
         ),
         ActionSpec(
             ActionKind.SUPPORT_GRANT,
@@ -357,6 +373,7 @@ ACTIONS = {
             sets=lambda params, now: {"is_active": False, "deactivated_at": now},
             done_reason="Deactivated; one-time fee charged",
             rules=_deactivate_rules,
+            lock_devices=True,
             after=_after_deactivate,
             check=_deactivate_refusal,
         ),
@@ -376,3 +393,5 @@ ACTIONS = {
         ),
     ]
 }
+
+POLL_KINDS = tuple(kind for kind, spec in ACTIONS.items() if spec.applied_on_poll)

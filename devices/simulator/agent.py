@@ -332,18 +332,21 @@ class Agent:
 
         if self._updating:
             return changed
+        blocked_before = dev.blocked_update
+        release = target.get("release")
         if self._os_update_wanted(dev.target_os_version):
             self._start_update(f"host OS {dev.target_os_version}", self._os_update(dev.target_os_version))
-            return changed
-        release = target.get("release")
-        if (
+        elif (
             isinstance(release, dict)
             and not dev.local_mode
             and release.get("commit")
             and release["commit"] != dev.release
         ):
             self._start_update(f"release {str(release['commit'])[:7]}", self._release_update(release))
-        return changed
+        else:
+            dev.blocked_update = ""  # nothing pending: nothing held back
+        # A held-back update (or one let through) is news for the dashboard: report it now.
+        return changed or dev.blocked_update != blocked_before
 
     def _os_update_wanted(self, version: str) -> bool:
         try:
@@ -355,15 +358,15 @@ class Agent:
         dev = self.device
         if dev.update_blocked:
             work.close()  # never started; retried at the next poll
+            holder = dev.update_lock_holder
+            dev.blocked_update = f"{what}: service {holder.name if holder else '?'} holds the update lock"
             if self._last_blocked != what:
                 self._last_blocked = what
-                holder = dev.update_lock_holder
-                dev.log_event(
-                    "update_blocked", f"{what}: {holder.name if holder else '?'} holds the update lock"
-                )
+                dev.log_event("update_blocked", dev.blocked_update)
                 self.sim.metrics.count("updates_blocked")
             return
         self._last_blocked = ""
+        dev.blocked_update = ""
         self._updating = True
         self.spawn(work)
 

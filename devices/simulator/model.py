@@ -96,6 +96,9 @@ class VirtualDevice:
     # Runtime only, not persisted.
     status: str = IDLE
     os_update_progress: int | None = None
+    # The pending update the update lock holds back ("host OS 5.1.20: service main holds the
+    # update lock"), "" when none is: reported, so the dashboard can say why nothing happens.
+    blocked_update: str = ""
     rebooting: bool = False
     orphaned: bool = False
     hung: bool = False
@@ -231,6 +234,7 @@ class VirtualDevice:
         self.booted_at = time.time()
         self.status = IDLE
         self.os_update_progress = None
+        self.blocked_update = ""  # decided again at the poll on boot
         self.boot_id += 1
         for service in self.services:
             service.status = "running"
@@ -259,6 +263,7 @@ class VirtualDevice:
             "release": self.release,
             "update_lock_held": self.update_lock_holder is not None,
             "os_update_progress": self.os_update_progress,
+            "update_blocked": self.blocked_update or None,
             "local_mode": self.local_mode,
             "services": [s.report() for s in self.services],
             "volumes": [v.report() for v in self.volumes],
@@ -314,6 +319,7 @@ class VirtualDevice:
         data.update(
             status=self.status,
             os_update_progress=self.os_update_progress,
+            blocked_update=self.blocked_update,
             uptime_s=self.uptime_s,
             up=self.is_up,
             rebooting=self.rebooting,

@@ -13,14 +13,17 @@ from django.test import override_settings
 
 from devices import ingest
 from devices.agent_wsgi import AgentReportFastPath
+from devices.keys import hash_secret
 from devices.models import Device
+from devices.services.device_actions import delete_devices
 from tests.devices.test_agent_api import STATE, auth, registered  # noqa: F401 (fixture)
 from tests.factories import make_fleet
 
 pytestmark = pytest.mark.django_db
 
 REPORT = {"status": "idle", "os_version": "2.95.12", "agent_version": "1.5.0", "ip_address": "10.0.0.7",
-          "api_address": "http://127.0.0.1:48484/d/x", "uptime_s": 60, "update_lock_held": False,
+          "api_address": "http://127.0.0.1:48484/d/x", "uptime_s": 60, "update_lock_held": True,
+          "update_blocked": "host OS 5.1.20: service web holds the update lock",
           "services": [{"name": "web", "image": "web:1", "status": "running", "container_id": "ab" * 32}],
           "volumes": [{"name": "resin-data", "files": 3, "bytes": 2**40}]}  # fmt: skip
 
@@ -82,6 +85,7 @@ def test_a_known_device_is_answered_without_django_and_stored_like_through_the_v
     fast = Device.objects.filter(pk=device.pk).values().get()
     assert fast["os_version"] == "2.95.12" and fast["volumes"][0]["bytes"] == 2**40
     assert fast["api_address"] == "http://127.0.0.1:48484/d/x"
+    assert fast["update_blocked"] == "host OS 5.1.20: service web holds the update lock"
 
     direct = Recorder()  # Django alone: the view's 204
     status, view_headers, _ = call(direct, key, REPORT)
@@ -136,6 +140,48 @@ def test_a_deleted_device_is_refused_at_once(app, registered, django_capture_on_
     with django_capture_on_commit_callbacks(execute=True):
         device.delete()
     assert call(app, key, REPORT)[0] == 401
+
+
+def test_a_request_that_read_the_device_before_its_delete_cannot_cache_it_again(
+    app,
+    client,
+    registered,  # noqa: F811
+    django_capture_on_commit_callbacks,
+):
+    device, key = registered
+    assert call(app, key, REPORT)[0] == 204
+    key_hash, r = hash_secret(key), ingest.redis_client()
+    r.delete(f"agent:key:{key_hash}")  # the cached identity expired: the next request reads the database
+    # That request reads the device, as identity_for_api_key does on a miss...
+    row = Device.objects.filter(api_key_hash=key_hash).values_list("id", "uuid").first()
+    with django_capture_on_commit_callbacks(execute=True):  # ...the device is deleted and that commits...
+        delete_devices(Device.objects.filter(pk=device.pk))
+    assert not ingest.remember_identity(key_hash, row)  # ...then it caches what it read: refused
+    assert r.get(f"agent:key:{key_hash}") == b"-"
+    assert r.ttl(f"agent:key:{key_hash}") > ingest.IDENTITY_TTL_S - 60
+    assert call(app, key, REPORT)[0] == 401  # the fast path leaves it to Django, which refuses it
+    auth_header = {"HTTP_AUTHORIZATION": f"Bearer {key}"}
+    report = client.patch(STATE, json.dumps(REPORT), content_type="application/json", **auth_header)
+    assert report.status_code == 401 and report.json()["error"] == "invalid_api_key"
+    assert client.get("/api/v1/device/target", **auth_header).status_code == 401
+
+
+def test_a_deleted_device_cached_when_deleted_is_refused_on_both_paths(
+    app,
+    client,
+    registered,  # noqa: F811
+    django_capture_on_commit_callbacks,
+):
+    device, key = registered
+    assert call(app, key, REPORT)[0] == 204  # through Django, which caches the identity
+    assert call(app, key, REPORT)[0] == 204 and app.app.calls == 1  # the fast path
+    with django_capture_on_commit_callbacks(execute=True):
+        delete_devices(Device.objects.filter(pk=device.pk))
+    assert call(app, key, REPORT)[0] == 401
+    report = client.patch(
+        STATE, json.dumps(REPORT), content_type="application/json", HTTP_AUTHORIZATION=f"Bearer {key}"
+    )
+    assert report.status_code == 401
 
 
 def test_http_is_redirected_by_django_when_https_is_required(registered):  # noqa: F811

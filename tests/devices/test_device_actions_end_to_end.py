@@ -1,6 +1,8 @@
 """Device-specific actions as the simulated agent lives them: target state polled (and nudged),
 the update lock, a move, an OS update, local mode, and a deleted device orphaned."""
 
+import time
+
 import pytest
 
 from devices.models import ActionDelivery, Device, DeviceAction
@@ -54,12 +56,21 @@ def test_a_held_lock_delays_the_os_update_until_overridden(client, p, celery_wor
     device = provision(p.fleet, os_version="2.58.3", holds_lock=True)
     client.force_login(p.operator)
     client.post(f"/devices/{device.uuid}/actions/os_update/", {"version": "5.1.20"})
-    wait_until(lambda: simulator.snapshot(device.uuid)["target_os_version"] == "5.1.20", message="target seen")
+    blocked = wait_until(
+        lambda: ActionDelivery.objects.filter(action__kind="os_update", reason__startswith="Blocked by update lock")
+        .first(),
+        message="the outcome to say the update lock blocks it",
+    )
+    # Still open, not the final "blocked": the update stays in the target state for the override.
+    assert blocked.state == "sent" and blocked.reason.endswith("holds the update lock")
+    assert "host OS 5.1.20" in blocked.reason
     assert Device.objects.get(pk=device.pk).os_version == "2.58.3"
-    assert ActionDelivery.objects.get(action__kind="os_update").state == "sent"
+    assert "Blocked by update lock" in client.get(f"/devices/{device.uuid}/").content.decode()
 
     client.post(f"/devices/{device.uuid}/actions/lock_override/", {"enabled": "1"})
-    outcome(device, "succeeded", "os_update", timeout=40)
+    delivery = outcome(device, "succeeded", "os_update", timeout=40)
+    assert delivery.reason == "Now running 5.1.20"
+    assert outcome(device, "succeeded", "lock_override").reason == "Lock override on: the device has fetched it"
 
 
 @pytest.mark.parametrize(("os_version", "purged"), [("2.58.3", True), ("2.9.7", False)])
@@ -116,3 +127,43 @@ def test_a_deleted_device_is_orphaned_and_keeps_running(client, p, celery_worker
         s["container_id"] for s in services_before
     ]
     assert not Device.objects.filter(uuid=device.uuid).exists()
+
+
+def nudges(simulator) -> int:
+    return simulator.run(lambda: simulator.simulator.metrics.totals["nudges"])
+
+
+# Polls every 120 s: what reaches the device within seconds came by the nudge (or the poll on boot).
+@pytest.mark.simulator(poll_interval=120.0)
+def test_an_online_device_is_nudged_and_applies_local_mode_at_once(client, p, celery_worker, provision, simulator):
+    assert simulator.simulator.poll_interval == 120.0
+    device = provision(p.fleet)
+    client.force_login(p.operator)
+    assert client.post(f"/devices/{device.uuid}/actions/local_mode_on/").status_code == 302
+    wait_until(lambda: simulator.snapshot(device.uuid)["local_mode"], timeout=15, message="local mode by the nudge")
+    assert nudges(simulator) == 1
+    delivery = outcome(device, "succeeded", "local_mode_on", timeout=15)
+    assert delivery.reason == "Local mode on: the device has fetched it"
+
+
+@pytest.mark.simulator(poll_interval=120.0)
+def test_a_powered_off_device_gets_the_move_at_its_poll_on_boot(client, p, provision, simulator, settings):
+    settings.DEVICE_OFFLINE_AFTER_S = 5
+    device = provision(p.fleet)
+    target = make_fleet(p.org, name="bbb-fleet", device_type="beaglebone-black")
+    simulator.power_off(device.uuid)
+    wait_until(lambda: not Device.objects.get(pk=device.pk).is_online, timeout=30, message="the device offline")
+
+    client.force_login(p.org_admin)
+    assert client.post(f"/devices/{device.uuid}/actions/move/", {"target_fleet": target.pk}).status_code == 302
+    delivery = ActionDelivery.objects.get(action__kind="move")
+    assert (delivery.state, delivery.reason) == ("sent", "In the target state; applies at the device's next poll")
+    time.sleep(2)
+    assert simulator.snapshot(device.uuid)["fleet_id"] == p.fleet.pk  # dark: nothing reached it
+    assert ActionDelivery.objects.get(pk=delivery.pk).state == "sent"
+
+    simulator.power_on(device.uuid)
+    wait_until(lambda: simulator.snapshot(device.uuid)["fleet_id"] == target.pk, timeout=15,
+               message="the move at the poll on boot")
+    assert outcome(device, "succeeded", "move", timeout=15).reason == "Moved to bbb-fleet: the device has fetched it"
+    assert nudges(simulator) == 0

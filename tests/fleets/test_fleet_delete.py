@@ -101,6 +101,16 @@ def test_open_actions_of_the_fleet_are_cancelled(p):
     assert action.state == "cancelled" and action.fleet_id is None
 
 
+def test_a_halted_rollout_in_the_fleet_does_not_stop_the_delete(p):
+    make_device(p.fleet)
+    halted = device_services.action_create(
+        actor=p.operator, fleet=p.fleet, kind="restart", scope=ActionScope.FLEET
+    )
+    DeviceAction.objects.filter(pk=halted.pk).update(state="halted")  # finished: nothing to cancel
+    services.fleet_delete(actor=p.org_admin, fleet=p.fleet)
+    assert DeviceAction.objects.get(pk=halted.pk).state == "halted"
+
+
 def test_orphaned_agents_are_refused_on_report_and_poll(client, p, django_capture_on_commit_callbacks):
     api_key = secrets.token_hex(16)
     device = make_device(p.fleet, api_key=api_key)

@@ -5,9 +5,21 @@ organization). Until then the button is disabled and says exactly what is missin
 from datetime import timedelta
 
 import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
-from devices.models import ActionKind, Device, DeviceAction
+from devices import services as device_services
+from devices.models import (
+    ActionDelivery,
+    ActionKind,
+    ActionScope,
+    ActionState,
+    DeliveryState,
+    Device,
+    DeviceAction,
+    OfflinePolicy,
+)
 from fleets import services
 from fleets.models import (
     Fleet,
@@ -18,7 +30,7 @@ from fleets.models import (
     OrgRole,
     Release,
 )
-from fleets.selectors import fleet_for_user
+from fleets.selectors import fleet_activity_log, fleet_for_user
 from tests.factories import Personas, make_device, make_fleet, make_org, make_org_admin, make_user
 
 pytestmark = pytest.mark.django_db
@@ -266,6 +278,31 @@ class TestAfterTheTransfer:
             "Transferred gateways with 3 devices" in client.get(f"/orgs/{w.globex.handle}/").content.decode()
         )
 
+    def test_the_fleets_activity_lists_it_once(self, client, done):
+        w = done
+        client.force_login(w.globex_admin)
+        html = client.get(f"/fleets/{w.fleet.pk}/activity/").content.decode()
+        assert html.count("Transferred gateways with 3 devices from") == 1
+        response = client.get(f"/fleets/{w.fleet.pk}/activity/?format=csv")
+        csv = b"".join(response.streaming_content).decode()
+        assert csv.count("Transferred gateways with 3 devices from") == 1
+
+    def test_a_transfer_back_is_listed_once_too(self, done):
+        w = done
+        home = make_fleet(w.p.org, name="gateways", device_type="intel-nuc")  # Acme's new empty one
+        services.fleet_member_add(
+            actor=w.p.org_admin, fleet=home, username=w.globex_admin.username, role=FleetRole.DEVELOPER
+        )
+        services.fleet_transfer(actor=w.globex_admin, fleet=w.fleet, organization=w.p.org)
+        transfers = fleet_activity_log(w.fleet).filter(kind=ActionKind.FLEET_TRANSFER).order_by("pk")
+        assert [(t.organization_id, t.params["to"]) for t in transfers] == [
+            (w.globex.pk, w.globex.handle),
+            (w.p.org.pk, w.p.org.handle),
+        ]
+        assert (
+            DeviceAction.objects.filter(kind=ActionKind.FLEET_TRANSFER).count() == 4
+        )  # each org keeps its own
+
     def test_the_toast_says_what_happened(self, client, done):
         w = done
         client.force_login(w.actor)
@@ -280,3 +317,141 @@ def test_the_devices_keep_their_support_grant_and_settings(w):
     services.fleet_transfer(actor=w.actor, fleet=w.fleet, organization=w.globex)
     device = Device.objects.get(pk=w.devices[0].pk)
     assert device.public_url_enabled and device.support_access_until and device.fleet_id == w.fleet.pk
+
+
+def snapshot(w) -> dict:
+    """Every row a transfer touches, to compare before and after one that must change nothing."""
+    return {
+        "fleets": set(Fleet.objects.values_list("pk", "organization_id", "name")),
+        "members": set(FleetMembership.objects.values_list("fleet_id", "user_id", "role")),
+        "permissions": set(
+            FleetUserObjectPermission.objects.values_list("content_object_id", "user_id", "permission_id")
+        ),
+        "org_members": set(OrgMembership.objects.values_list("organization_id", "user_id", "role")),
+        "devices": list(Device.objects.order_by("pk").values()),
+        "releases": set(Release.objects.values_list("pk", "fleet_id")),
+        "actions": set(DeviceAction.objects.values_list("pk", "state", "fleet_id", "organization_id")),
+        "deliveries": set(ActionDelivery.objects.values_list("pk", "state")),
+    }
+
+
+def open_actions_of(w) -> dict[str, DeviceAction]:
+    """What may be under way on a fleet: a reboot queued for an offline device until its time limit,
+    a staged restart holding its later stages, and a device reboot not yet expanded."""
+    make_device(w.fleet, name="gw-offline", online=False)
+    queued = device_services.action_create(
+        actor=w.p.operator, fleet=w.fleet, kind="reboot", scope=ActionScope.FLEET,
+        offline_policy=OfflinePolicy.QUEUE, ttl=timedelta(hours=6),
+    )  # fmt: skip
+    staged = device_services.action_create(
+        actor=w.p.operator, fleet=w.fleet, kind="restart", scope=ActionScope.FLEET,
+        rollout={"size": 1, "halt_failure_pct": 50},
+    )  # fmt: skip
+    for action in (queued, staged):
+        device_services.action_expand(action.pk)  # the worker's part
+    pending = device_services.action_create(
+        actor=w.p.operator, fleet=w.fleet, kind="reboot", scope=ActionScope.DEVICE, device=w.devices[0]
+    )
+    actions = {"queued": queued, "staged": staged, "pending": pending}
+    assert ActionDelivery.objects.filter(action=queued, state=DeliveryState.WAITING).count() == 1
+    assert ActionDelivery.objects.filter(action=staged, state=DeliveryState.HELD).count() == 2
+    assert DeviceAction.objects.get(pk=pending.pk).state == ActionState.QUEUED
+    return actions
+
+
+class TestOpenActions:
+    def test_the_dialog_says_the_open_actions_are_cancelled(self, client, w):
+        open_actions_of(w)
+        w.add_actor_to(w.placeholder())
+        client.force_login(w.actor)
+        dialog = client.get(f"/fleets/{w.fleet.pk}/transfer/", HTTP_HX_REQUEST="true").content.decode()
+        assert "3 actions still under way on gateways are cancelled" in dialog
+        assert "becomes a member of the target organization if not one already" in dialog
+
+    def test_they_are_cancelled_in_the_transfer_and_nothing_waits_for_the_devices(self, client, w):
+        actions = open_actions_of(w)
+        finished = device_services.action_create(
+            actor=w.p.operator,
+            fleet=w.fleet,
+            kind="public_url_on",
+            scope=ActionScope.DEVICE,
+            device=w.devices[1],
+        )  # applied at once: done
+        elsewhere = device_services.action_create(
+            actor=w.p.outsider, fleet=w.p.other_fleet, kind="reboot", scope=ActionScope.FLEET
+        )
+        w.add_actor_to(w.placeholder())
+        assert transfer(client, w).status_code == 302
+
+        for name, action in actions.items():
+            action.refresh_from_db()
+            assert action.state == ActionState.CANCELLED and action.finished_at, name
+            assert not ActionDelivery.objects.filter(
+                action=action,
+                state__in=[DeliveryState.WAITING, DeliveryState.HELD, DeliveryState.PENDING],
+            ).exists(), name
+        assert DeviceAction.objects.get(pk=finished.pk).state == ActionState.DONE
+        assert DeviceAction.objects.get(pk=elsewhere.pk).state == ActionState.QUEUED
+        # A later expansion of the cancelled pending one (its message was in the queue) sends nothing.
+        device_services.action_expand(actions["pending"].pk)
+        assert not ActionDelivery.objects.filter(action=actions["pending"]).exists()
+
+    def test_a_refused_transfer_leaves_them_running(self, w):
+        actions = open_actions_of(w)
+        w.add_actor_to(w.placeholder(), FleetRole.OBSERVER)
+        with pytest.raises(services.ActionError, match="you need the Developer role"):
+            services.fleet_transfer(actor=w.actor, fleet=w.fleet, organization=w.globex)
+        assert all(DeviceAction.objects.get(pk=a.pk).is_open for a in actions.values())
+
+
+class TestLockingAndRollback:
+    def test_both_fleets_are_locked_before_any_condition_is_read(self, w):
+        w.add_actor_to(w.placeholder())
+        with CaptureQueriesContext(connection) as queries:
+            services.fleet_transfer(actor=w.actor, fleet=w.fleet, organization=w.globex)
+        statements = [
+            q["sql"] for q in queries.captured_queries if not q["sql"].startswith(("SAVEPOINT", "RELEASE"))
+        ]
+        first = statements[0]
+        assert first.startswith("SELECT") and '"fleets_fleet"' in first and "ORDER BY" in first
+        assert str(w.fleet.pk) in first and "gateways" in first  # the fleet and the target's namesake
+        if connection.features.has_select_for_update:
+            assert "FOR UPDATE" in first
+
+    def test_a_refusal_found_under_the_lock_changes_nothing(self, w):
+        placeholder = w.placeholder()
+        w.add_actor_to(placeholder)
+        open_actions_of(w)
+        # The page said ready; then Globex's administrator lowered the actor to Observer.
+        services.fleet_member_change(actor=w.globex_admin, fleet=placeholder, user=w.actor, role="observer")
+        before = snapshot(w)
+        with pytest.raises(services.ActionError, match="you need the Developer role"):
+            services.fleet_transfer(actor=w.actor, fleet=w.fleet, organization=w.globex)
+        assert snapshot(w) == before
+
+    def test_a_failure_after_the_placeholder_is_deleted_rolls_everything_back(self, w, monkeypatch):
+        placeholder = w.placeholder()
+        w.add_actor_to(placeholder)
+        services.fleet_member_add(
+            actor=w.globex_admin,
+            fleet=placeholder,
+            username=make_user("globex-dev").username,
+            role="operator",
+        )
+        open_actions_of(w)
+        before = snapshot(w)
+        deleted = []
+
+        def recording_fails(**kwargs):
+            deleted.append(not Fleet.objects.filter(pk=placeholder.pk).exists())
+            raise RuntimeError("the audit record could not be written")
+
+        monkeypatch.setattr(services, "action_record", recording_fails)
+        with pytest.raises(RuntimeError):
+            services.fleet_transfer(actor=w.actor, fleet=w.fleet, organization=w.globex)
+        assert deleted == [True]  # it failed with the placeholder gone and the fleet moved
+        assert snapshot(w) == before
+        assert Fleet.objects.get(pk=w.fleet.pk).organization_id == w.p.org.pk
+        assert set(FleetMembership.objects.filter(fleet=placeholder).values_list("user__username", flat=True)) == {
+            w.actor.username, "globex-dev",
+        }  # fmt: skip

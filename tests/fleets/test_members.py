@@ -4,7 +4,8 @@ the guardian rows on the fleet follow every change."""
 import pytest
 
 from devices.models import ActionKind, DeviceAction
-from fleets.models import FleetMembership, FleetUserObjectPermission, OrgMembership
+from fleets import services
+from fleets.models import FleetMembership, FleetUserObjectPermission, OrgMembership, OrgRole
 from fleets.selectors import fleet_for_user
 from tests.factories import Personas, make_member, make_user
 
@@ -38,18 +39,49 @@ def test_everyone_in_the_fleet_sees_the_members_and_only_administrators_manage_t
     assert p.org_admin.username in html  # listed as administering through the organization
 
 
-def test_an_administrator_adds_a_user_by_username(client, p):
+def test_an_administrator_adds_a_member_of_the_organization_by_username(client, p):
     newcomer = make_user("newcomer")
+    services.org_member_set(organization=p.org, user=newcomer, role=OrgRole.MEMBER)
     client.force_login(p.administrator)
     response = add(client, p.fleet, "newcomer", "operator")
     assert response.status_code == 302
     assert FleetMembership.objects.get(fleet=p.fleet, user=newcomer).role == "operator"
     assert perms(p.fleet, newcomer) == {"view_fleet", "develop_fleet", "operate_fleet"}
-    assert OrgMembership.objects.get(organization=p.org, user=newcomer).role == "member"
     assert fleet_for_user(newcomer, p.fleet.pk).access.can_operate
     record = DeviceAction.objects.get()
     assert record.kind == ActionKind.MEMBER_CHANGE and record.summary == "Added newcomer as Operator"
     assert "Added newcomer to" in client.get(response.url).content.decode()
+
+
+def test_a_fleet_administrator_may_not_bring_someone_into_the_organization(client, p):
+    stranger = make_user("stranger")  # a user of the system, in no organization or in another one
+    client.force_login(p.administrator)
+    assert "A member of " + p.org.name in client.get(f"/fleets/{p.fleet.pk}/members/").content.decode()
+    for username in ("stranger", p.outsider.username):
+        response = add(client, p.fleet, username, "observer")
+        assert response.status_code == 400
+        assert (
+            f"{username} is not a member of {p.org.name}, and only its administrators add people to it: ask one "
+            f"to add {username} to {p.org.name} (or to this fleet)."
+        ) in response.content.decode()
+    assert not OrgMembership.objects.filter(organization=p.org, user__in=[stranger, p.outsider]).exists()
+    assert FleetMembership.objects.filter(fleet=p.fleet).count() == 4
+    assert not FleetUserObjectPermission.objects.filter(user=stranger).exists()
+    assert not DeviceAction.objects.exists()
+
+
+def test_an_org_administrator_adds_anyone_who_then_joins_the_organization(client, p):
+    newcomer = make_user("newcomer")
+    client.force_login(p.org_admin)
+    assert "They also become a member of" in client.get(f"/fleets/{p.fleet.pk}/members/").content.decode()
+    response = add(client, p.fleet, "newcomer", "developer")
+    assert response.status_code == 302
+    assert FleetMembership.objects.get(fleet=p.fleet, user=newcomer).role == "developer"
+    assert OrgMembership.objects.get(organization=p.org, user=newcomer).role == "member"
+    assert fleet_for_user(newcomer, p.fleet.pk).access.can_develop
+    record = DeviceAction.objects.get()
+    assert record.summary == f"Added newcomer as Developer, and to {p.org.name} as a Member"
+    assert record.organization_id == p.org.pk
 
 
 def test_an_unknown_username_is_refused(client, p):

@@ -49,6 +49,7 @@ from fleets.models import (
     FleetUserObjectPermission,
     Organization,
     OrgMembership,
+    OrgRole,
     ProvisioningKey,
     Release,
 )
@@ -221,7 +222,10 @@ def build_world(web: Recorder) -> World:
     users["outsider"] = make_member(outsider_fleet, FleetRole.ADMINISTRATOR, username="outsider")
     support = make_support_user("support")
     users["support_live"] = users["support_expired"] = support
-    make_user_plain("newbie")
+    make_user_plain("newbie")  # in no organization: org administrators add such users
+    recruit = make_user_plain("recruit")  # in the organizations, in no fleet: fleet administrators add them
+    for org in (acme, globex):
+        services.org_member_set(organization=org, user=recruit, role=OrgRole.MEMBER)
     for fleet in (own, same_org):
         placeholder = make_fleet(target, fleet.name)
         services.fleet_member_set(fleet=placeholder, user=users["org_admin"], role=FleetRole.DEVELOPER)

@@ -294,7 +294,7 @@ ENDPOINTS = [
              {"organization": "{transfer_org}", "confirm": "{fleet_name}"}),
     Endpoint("fleet-delete", "POST", "/fleets/{fleet}/delete/", Role(ADMIN), {"confirm": "{fleet_name}"}),
     # Members.
-    Endpoint("member-add", "POST", "/fleets/{fleet}/members/", Role(ADMIN), {"username": "newbie", "role": "observer"}),
+    Endpoint("member-add", "POST", "/fleets/{fleet}/members/", Role(ADMIN), {"username": "recruit", "role": "observer"}),
     Endpoint("member-role", "POST", "/fleets/{fleet}/members/{bystander}/", Role(ADMIN), {"role": "developer"}),
     Endpoint("member-remove", "POST", "/fleets/{fleet}/members/{bystander}/remove/", Role(ADMIN)),
     # Organizations.

@@ -151,7 +151,8 @@ class Command(BaseCommand):
                 raise CommandError("--provisioning-key needs --fleet or --device-type to pick device types.")
             fleets = [FleetChoice(None, "(given key)", options["device_type"], [options["device_type"]])]
         else:
-            fleets = self.fleet_choices(options["fleet"])
+            known = {d.fleet_id for d in sim.devices.values() if d.fleet_id is not None}
+            fleets = self.fleet_choices(options["fleet"], known_fleet_ids=known)
         keys: dict[int | None, str] = {}
         for fleet, device_type in plan_new_devices(n, fleets, rng):
             if fleet.id not in keys:
@@ -159,7 +160,9 @@ class Command(BaseCommand):
             sim.add_random_devices(1, {device_type: keys[fleet.id]}, rng=rng)
         return n
 
-    def fleet_choices(self, wanted: list[str]) -> list[FleetChoice]:
+    def fleet_choices(self, wanted: list[str], known_fleet_ids: set[int] = frozenset()) -> list[FleetChoice]:
+        """The fleets new devices join. `known_fleet_ids`: the fleets of the devices in the state file,
+        which let a --fleet that names a fleet no longer there be followed or skipped (see gone_fleet)."""
         from devices.models import DeviceType
         from fleets.models import Fleet
 
@@ -173,7 +176,7 @@ class Command(BaseCommand):
                     raise CommandError(f"{token!r}: the share after = must be a whole number.")
                 matches = [f for f in fleets if self.fleet_matches(f, name)]
                 if not matches:
-                    raise CommandError(f"No fleet with id or name {name!r}.")
+                    matches = self.gone_fleet(name, fleets, known_fleet_ids)
                 for fleet in matches:
                     weights[fleet.id] = int(share) if share else 1
                     if fleet not in chosen:
@@ -195,6 +198,32 @@ class Command(BaseCommand):
             )
             for f in fleets
         ]
+
+    def gone_fleet(self, token: str, fleets: list[Any], known_fleet_ids: set[int]) -> list[Any]:
+        """A --fleet that matches nothing now. Without devices in the state file it is a mistake. With
+        them, it named a fleet that was there before: transferred to another organization (the demo's
+        acme/gateways), renamed or deleted. Its devices' fleet of the same name, if there is one, is
+        followed; otherwise the spec is skipped and new devices join the other fleets given."""
+        if not known_fleet_ids:
+            raise CommandError(f"No fleet with id or name {token!r}.")
+        name = token.strip().lower().rpartition("/")[2]
+        followed = [f for f in fleets if f.id in known_fleet_ids and f.name.lower() == name]
+        if len(followed) == 1:
+            fleet = followed[0]
+            self.stdout.write(
+                self.style.WARNING(
+                    f"--fleet {token}: no such fleet now; following its devices to {fleet.organization.handle}/"
+                    f"{fleet.name} ({fleet.id}), where it is now (transferred?)"
+                )
+            )
+            return followed
+        self.stdout.write(
+            self.style.WARNING(
+                f"--fleet {token}: no such fleet now (transferred, renamed or deleted?); skipped, new devices "
+                "join the other fleets given"
+            )
+        )
+        return []
 
     @staticmethod
     def fleet_matches(fleet: Any, token: str) -> bool:

@@ -282,33 +282,40 @@ def apply_reports(reports: dict[int, dict]) -> None:
         for name in DATETIME_FIELDS & fields.keys():
             if isinstance(fields[name], str):  # buffered reports went through JSON
                 fields[name] = datetime.fromisoformat(fields[name])
-    before = {
-        row["id"]: row
-        for row in Device.objects.filter(pk__in=reports).values(
-            "id", "is_active", "last_seen_at", "agent_status", "target_os_version", "update_blocked"
-        )
-    }
-    cutoff = online_cutoff()
-    came_back, updated, blocking = [], [], []
-    for device_id, fields in reports.items():
-        old = before.get(device_id)
-        if old is None:
-            continue  # deleted since it reported
-        was_online = (
-            old["is_active"] and old["last_seen_at"] >= cutoff and old["agent_status"] not in GOING_DOWN
-        )
-        if not was_online:
-            came_back.append(device_id)
-        target = old["target_os_version"]
-        if target and fields.get("os_version_key", 0) >= version_key(target):
-            fields["target_os_version"] = ""
-            updated.append((device_id, fields["os_version"]))
-        elif target and fields.get("update_blocked", old["update_blocked"]) != old["update_blocked"]:
-            blocking.append((device_id, fields["update_blocked"]))  # rare: the lock began or ceased to block
+    # One transaction from the read to the writes, the rows locked in id order: two flushers (the
+    # process and a worker's safety net) may hold the same device, reported again after one took it,
+    # and without one order their UPDATEs deadlock.
     with transaction.atomic():
-        groups = defaultdict(list)
+        before = {
+            row["id"]: row
+            for row in Device.objects.filter(pk__in=reports)
+            .select_for_update()
+            .order_by("id")
+            .values("id", "is_active", "last_seen_at", "agent_status", "target_os_version", "update_blocked")
+        }
+        cutoff = online_cutoff()
+        came_back, updated, blocking = [], [], []
         for device_id, fields in reports.items():
+            old = before.get(device_id)
+            if old is None:
+                continue  # deleted since it reported
+            was_online = (
+                old["is_active"] and old["last_seen_at"] >= cutoff and old["agent_status"] not in GOING_DOWN
+            )
+            if not was_online:
+                came_back.append(device_id)
+            target = old["target_os_version"]
+            if target and fields.get("os_version_key", 0) >= version_key(target):
+                fields["target_os_version"] = ""
+                updated.append((device_id, fields["os_version"]))
+            elif target and fields.get("update_blocked", old["update_blocked"]) != old["update_blocked"]:
+                blocking.append(
+                    (device_id, fields["update_blocked"])
+                )  # rare: the lock began or ceased to block
+        groups = defaultdict(list)
+        for device_id in sorted(reports):
             if device_id in before:
+                fields = reports[device_id]
                 groups[tuple(sorted(fields))].append((device_id, fields))
         for names, rows in groups.items():
             bulk_update_devices(names, rows)

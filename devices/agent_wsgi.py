@@ -14,6 +14,7 @@ stays the view's own.
 
 import io
 import json
+from datetime import datetime
 
 from django.conf import settings
 from django.http.request import split_domain_port, validate_host
@@ -34,37 +35,53 @@ class AgentReportFastPath:
         self.public_host = public_url.host_pattern()
 
     def __call__(self, environ, start_response):
-        if environ.get("PATH_INFO") != PATH or environ.get("REQUEST_METHOD") != "PATCH":
+        if not self.takes(environ):
             return self.app(environ, start_response)
-        try:
-            length = int(environ.get("CONTENT_LENGTH") or 0)
-        except ValueError:
-            length = 0
-        if not 0 < length <= MAX_BODY or not self._host_allowed(environ) or self._redirects_to_https(environ):
-            return self.app(environ, start_response)
-        body = environ["wsgi.input"].read(length)
+        body = environ["wsgi.input"].read(int(environ["CONTENT_LENGTH"]))
         if self._buffered(environ, body):
-            start_response("204 No Content", self._headers(environ))
+            start_response("204 No Content", self.headers(environ))
             return [b""]
         environ["wsgi.input"] = io.BytesIO(body)  # Django reads the body again from the start
         return self.app(environ, start_response)
 
-    def _buffered(self, environ, body: bytes) -> bool:
+    def takes(self, environ) -> bool:
+        """Whether the request is one the fast path may answer (before reading its body)."""
+        if environ.get("PATH_INFO") != PATH or environ.get("REQUEST_METHOD") != "PATCH":
+            return False
+        try:
+            length = int(environ.get("CONTENT_LENGTH") or 0)
+        except ValueError:
+            return False
+        return (
+            0 < length <= MAX_BODY and self._host_allowed(environ) and not self._redirects_to_https(environ)
+        )
+
+    def report(self, environ, body: bytes) -> tuple[str, dict, datetime] | None:
+        """(api key hash, cleaned fields, time) of a well-formed report with a bearer key, else None:
+        the view then answers it, with its own error."""
         scheme, _, token = environ.get("HTTP_AUTHORIZATION", "").partition(" ")
         token = token.strip()
         if scheme.lower() != "bearer" or not token:
-            return False
+            return None
         try:
             payload = json.loads(body)
         except (ValueError, UnicodeDecodeError, RecursionError):
-            return False
+            return None
         if not isinstance(payload, dict):
-            return False
+            return None
         now = timezone.now()
         try:
-            fields = clean_report(payload, now)
-            return ingest.buffer_report_by_key(hash_secret(token), fields, now) is not None
-        except (AgentError, RedisError):
+            return hash_secret(token), clean_report(payload, now), now
+        except AgentError:
+            return None
+
+    def _buffered(self, environ, body: bytes) -> bool:
+        report = self.report(environ, body)
+        if report is None:
+            return False
+        try:
+            return ingest.buffer_report_by_key(*report) is not None
+        except RedisError:
             return False
 
     def _host_allowed(self, environ) -> bool:
@@ -91,7 +108,7 @@ class AgentReportFastPath:
     def _redirects_to_https(self, environ) -> bool:
         return settings.SECURE_SSL_REDIRECT and not self._secure(environ)
 
-    def _headers(self, environ) -> list[tuple[str, str]]:
+    def headers(self, environ) -> list[tuple[str, str]]:
         """The headers Django's middleware put on the view's 204."""
         headers = [
             ("Content-Type", f"text/html; charset={settings.DEFAULT_CHARSET}"),

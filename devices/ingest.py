@@ -138,25 +138,52 @@ def buffer_report(device_id: int, fields: dict, now: datetime) -> None:
     pipe.execute()
 
 
-# A report from a device whose api key is in the identity cache, in one round trip and one script:
-# look the key up, merge the fields into the device's pending report, mark it dirty. Answers the
-# cached identity ("<id>|<uuid>"), "-" for a key known to be wrong, or nil when the key is not
-# cached (then nothing was written and the caller takes the full path, which reads the database).
-# The report key is derived inside the script: fine on one Redis server, not on a Redis Cluster.
-_REPORT_BY_KEY = f"""
-local identity = redis.call('GET', KEYS[1])
-if not identity or identity == '-' then return identity end
-local id = string.match(identity, '^(%d+)|')
-local fields = {{}}
-for part in string.gmatch(ARGV[1], '[^\\31]+') do fields[#fields + 1] = part end
-redis.call('HSET', '{_report_key("")}' .. id, unpack(fields))
-redis.call('SADD', KEYS[2], id)
-return identity
+# Reports from devices whose api keys are in the identity cache, any number in one round trip and one
+# script: for each, look the key up, merge the fields into the device's pending report, mark it
+# dirty. KEYS: the identity key of each report, then the dirty set; ARGV: each report's fields. For
+# each report the script answers the cached identity ("<id>|<uuid>"), "-" for a key known to be
+# wrong, or "" when the key is not cached (then nothing was written for it and the caller takes the
+# full path, which reads the database). The report key is derived inside the script: fine on one
+# Redis server, not on a Redis Cluster.
+_REPORTS_BY_KEY = f"""
+local dirty = KEYS[#KEYS]
+local answers = {{}}
+for i = 1, #KEYS - 1 do
+  local identity = redis.call('GET', KEYS[i])
+  if identity and identity ~= '-' then
+    local id = string.match(identity, '^(%d+)|')
+    local fields = {{}}
+    for part in string.gmatch(ARGV[i], '[^\\31]+') do fields[#fields + 1] = part end
+    redis.call('HSET', '{_report_key("")}' .. id, unpack(fields))
+    redis.call('SADD', dirty, id)
+  end
+  answers[i] = identity or ''
+end
+return answers
 """
 # Names and JSON values joined by the unit separator (0x1f) into one argument: JSON escapes control
 # characters, so no value contains it, and one argument costs redis-py far less than thirty.
 _SEPARATOR = "\x1f"
 _scripts: dict[str, object] = {}
+
+
+def report_script(client: redis.Redis):
+    """The script above, registered on `client` (sync or asyncio)."""
+    return client.register_script(_REPORTS_BY_KEY)
+
+
+def encode_report(fields: dict, now: datetime) -> str:
+    """A validated report as the script's argument."""
+    return _SEPARATOR.join(
+        f"{name}{_SEPARATOR}{_encode(value)}" for name, value in (fields | {"last_seen_at": now}).items()
+    )
+
+
+def identity_from_answer(answer: bytes) -> AgentIdentity | None:
+    if not answer or answer == b"-":
+        return None
+    device_id, uuid = answer.decode().split("|")
+    return AgentIdentity(int(device_id), uuid)
 
 
 def buffer_report_by_key(key_hash: str, fields: dict, now: datetime) -> AgentIdentity | None:
@@ -165,15 +192,9 @@ def buffer_report_by_key(key_hash: str, fields: dict, now: datetime) -> AgentIde
     r = redis_client()
     script = _scripts.get(settings.REDIS_URL)
     if script is None:
-        script = _scripts[settings.REDIS_URL] = r.register_script(_REPORT_BY_KEY)
-    joined = _SEPARATOR.join(
-        f"{name}{_SEPARATOR}{_encode(value)}" for name, value in (fields | {"last_seen_at": now}).items()
-    )
-    identity = script(keys=[_identity_key(key_hash), DIRTY], args=[joined])
-    if identity is None or identity == b"-":
-        return None
-    device_id, uuid = identity.decode().split("|")
-    return AgentIdentity(int(device_id), uuid)
+        script = _scripts[settings.REDIS_URL] = report_script(r)
+    (answer,) = script(keys=[_identity_key(key_hash), DIRTY], args=[encode_report(fields, now)])
+    return identity_from_answer(answer)
 
 
 def buffer_result(device_id: int, key: str, state: str, reason: str) -> None:
@@ -280,33 +301,40 @@ def apply_reports(reports: dict[int, dict]) -> None:
         for name in DATETIME_FIELDS & fields.keys():
             if isinstance(fields[name], str):  # buffered reports went through JSON
                 fields[name] = datetime.fromisoformat(fields[name])
-    before = {
-        row["id"]: row
-        for row in Device.objects.filter(pk__in=reports).values(
-            "id", "is_active", "last_seen_at", "agent_status", "target_os_version", "update_blocked"
-        )
-    }
-    cutoff = online_cutoff()
-    came_back, updated, blocking = [], [], []
-    for device_id, fields in reports.items():
-        old = before.get(device_id)
-        if old is None:
-            continue  # deleted since it reported
-        was_online = (
-            old["is_active"] and old["last_seen_at"] >= cutoff and old["agent_status"] not in GOING_DOWN
-        )
-        if not was_online:
-            came_back.append(device_id)
-        target = old["target_os_version"]
-        if target and fields.get("os_version_key", 0) >= version_key(target):
-            fields["target_os_version"] = ""
-            updated.append((device_id, fields["os_version"]))
-        elif target and fields.get("update_blocked", old["update_blocked"]) != old["update_blocked"]:
-            blocking.append((device_id, fields["update_blocked"]))  # rare: the lock began or ceased to block
+    # One transaction from the read to the writes, the rows locked in id order: two flushers (the
+    # process and a worker's safety net) may hold the same device, reported again after one took it,
+    # and without one order their UPDATEs deadlock.
     with transaction.atomic():
-        groups = defaultdict(list)
+        before = {
+            row["id"]: row
+            for row in Device.objects.filter(pk__in=reports)
+            .select_for_update()
+            .order_by("id")
+            .values("id", "is_active", "last_seen_at", "agent_status", "target_os_version", "update_blocked")
+        }
+        cutoff = online_cutoff()
+        came_back, updated, blocking = [], [], []
         for device_id, fields in reports.items():
+            old = before.get(device_id)
+            if old is None:
+                continue  # deleted since it reported
+            was_online = (
+                old["is_active"] and old["last_seen_at"] >= cutoff and old["agent_status"] not in GOING_DOWN
+            )
+            if not was_online:
+                came_back.append(device_id)
+            target = old["target_os_version"]
+            if target and fields.get("os_version_key", 0) >= version_key(target):
+                fields["target_os_version"] = ""
+                updated.append((device_id, fields["os_version"]))
+            elif target and fields.get("update_blocked", old["update_blocked"]) != old["update_blocked"]:
+                blocking.append(
+                    (device_id, fields["update_blocked"])
+                )  # rare: the lock began or ceased to block
+        groups = defaultdict(list)
+        for device_id in sorted(reports):
             if device_id in before:
+                fields = reports[device_id]
                 groups[tuple(sorted(fields))].append((device_id, fields))
         for names, rows in groups.items():
             bulk_update_devices(names, rows)

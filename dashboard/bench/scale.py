@@ -48,6 +48,8 @@ class Plan:
     web_port: int
     web_workers: int
     web_threads: int
+    agent_port: int
+    agent_processes: int  # serve_agent_api processes sharing agent_port; 0: gunicorn serves agents too
     poll_interval: float
     duration: float
     ingest_duration: float
@@ -63,6 +65,11 @@ class Plan:
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.web_port}"
+
+    @property
+    def agent_url(self) -> str:
+        """Where agents (simulators, wrk, probes) send their requests."""
+        return f"http://127.0.0.1:{self.agent_port}" if self.agent_processes else self.url
 
     @property
     def label(self) -> str:
@@ -108,11 +115,15 @@ def start_server_side(plan: Plan) -> None:
             "warning",
         ],
     )
+    for index in range(plan.agent_processes):
+        start(f"agents{index}", _manage("serve_agent_api", "--port", str(plan.agent_port), "--threads", "4"))
     start("flusher", _manage("flush_agent_reports", "--loop"))
     start("worker", [sys.executable, "-m", "celery", "-A", "dashboard", "worker", "-B",
                      "-s", str(logs / "celerybeat-schedule"), "-P", "prefork", "-c", "2",
                      "--without-gossip", "--without-mingle", "-l", "warning", "-n", "bench-scale@%h"])  # fmt: skip
     _wait(lambda: _listening(plan.web_port), 60, "the web server", plan)
+    if plan.agent_processes:
+        _wait(lambda: _listening(plan.agent_port), 60, "the agent API server", plan)
 
 
 def start_simulators(plan: Plan) -> None:
@@ -121,7 +132,7 @@ def start_simulators(plan: Plan) -> None:
         plan.services[name] = Service(
             name,
             _manage(
-                "simulate_devices", "--server", plan.url, "--count", "0", "--port", str(port),
+                "simulate_devices", "--server", plan.agent_url, "--count", "0", "--port", str(port),
                 "--state-file", str(path), "--report-interval", str(plan.report_interval),
                 "--poll-interval", str(plan.poll_interval), "--save-every", "3600", "--no-poll-at-start",
             ),
@@ -160,6 +171,9 @@ def sampler(plan: Plan, *, simulators: bool = True, extra: dict | None = None) -
     services = plan.services
     groups = {
         "web": lambda: group_pids(services["web"].pid),
+        "agents": lambda: [
+            pid for name, s in services.items() if name.startswith("agents") for pid in group_pids(s.pid)
+        ],
         "flusher": lambda: group_pids(services["flusher"].pid),
         "worker": lambda: group_pids(services["worker"].pid),
         "redis": lambda: pids_named("redis-server"),
@@ -235,12 +249,17 @@ def wait_for_flush(plan: Plan, timeout: float = 120) -> float:
 
 def measure_ingest_server_alone(plan: Plan) -> None:
     keys, body = write_agent_files(plan)
-    argv = loadgen.agent_reports_command(plan.url, keys, body, plan.ingest_duration, 64, sys.executable)
+    argv = loadgen.agent_reports_command(plan.agent_url, keys, body, plan.ingest_duration, 64, sys.executable)
     generator = "wrk" if loadgen.wrk_available() else "python"
+    server = (
+        f"{plan.agent_processes} serve_agent_api processes"
+        if plan.agent_processes
+        else f"gunicorn: {plan.web_workers} workers x {plan.web_threads} threads"
+    )
     plan.log(f"  {generator} replaying reports of {plan.fleet.size:,} devices for {plan.ingest_duration:.0f} s, "
-             f"gunicorn: {plan.web_workers} workers x {plan.web_threads} threads")  # fmt: skip
+             f"{server}")  # fmt: skip
     loadgen.run_agent_reports(
-        loadgen.agent_reports_command(plan.url, keys, body, 3, 64, sys.executable), 60
+        loadgen.agent_reports_command(plan.agent_url, keys, body, 3, 64, sys.executable), 60
     )  # warm-up
     wait_for_flush(plan)
     r = ingest.redis_client()
@@ -300,8 +319,8 @@ def probe_liveness(
     page = reverse("devices:detail", args=[probe["uuid"]])
     sent = time.monotonic()
     sent_at = timezone.now()
-    response = client.patch(
-        "/api/v1/device/state",
+    response = httpx.patch(
+        plan.agent_url + "/api/v1/device/state",
         content=json.dumps({"status": "idle", "uptime_s": 100}),
         headers={"Authorization": f"Bearer {probe['api_key']}", "Content-Type": "application/json"},
     )

@@ -180,17 +180,14 @@ class Agent:
             data = json.dumps(body, separators=(",", ":")).encode()
             request_headers["Content-Type"] = "application/json"
         request_headers.update(headers or {})
-        async with sim.session.request(
-            method, sim.server_url + path, data=data, headers=request_headers
-        ) as resp:
-            raw = await resp.read()
-            parsed: Any = None
-            if raw and resp.content_type == "application/json":
-                try:
-                    parsed = json.loads(raw)
-                except ValueError:
-                    parsed = None
-            return resp.status, parsed, resp.headers
+        resp = await sim.session.request(method, path, body=data, headers=request_headers)
+        parsed: Any = None
+        if resp.body and resp.content_type == "application/json":
+            try:
+                parsed = json.loads(resp.body)
+            except ValueError:
+                parsed = None
+        return resp.status, parsed, resp.headers
 
     async def register(self) -> str:
         """POST /devices/register with the provisioning key: "ok", "retry" or "refused"."""
@@ -297,7 +294,7 @@ class Agent:
                 metrics.count("polls_not_modified")
             elif status == 200 and isinstance(data, dict):
                 metrics.count("polls")
-                dev.etag = response_headers.get("ETag")
+                dev.etag = response_headers.get("etag")
                 self.target = data
             else:
                 metrics.count("polls_failed")

@@ -14,10 +14,10 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 from aiohttp import web
 
 from .agent import Agent
+from .client import ServerClient
 from .model import Service, VirtualDevice, Volume, hex_id
 from .server import SimulatorServer
 from .stats import Stats
@@ -104,7 +104,7 @@ class Simulator:
         self.devices: dict[str, VirtualDevice] = {}
         self.agents: dict[str, Agent] = {}
         self.metrics = Stats()
-        self.session: aiohttp.ClientSession | None = None
+        self.session: ServerClient | None = None
         self._runner: web.AppRunner | None = None
         self._saver: asyncio.Task[None] | None = None
         self._state_loaded = False
@@ -139,10 +139,9 @@ class Simulator:
         except BaseException:
             await runner.cleanup()
             raise
-        # One session for every device: the connection limit bounds what 1,000 devices open at once.
-        self.session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=self.connection_limit),
-            timeout=aiohttp.ClientTimeout(total=self.request_timeout),
+        # One client for every device: the connection limit bounds what 1,000 devices open at once.
+        self.session = ServerClient(
+            self.server_url, limit=self.connection_limit, timeout=self.request_timeout
         )
         self._runner = runner
         self.port = runner.addresses[0][1]

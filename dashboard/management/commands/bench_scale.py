@@ -36,10 +36,14 @@ DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/12"
 CHILD_FLAG = "FLEETDASH_BENCH_SCALE_CHILD"
 
 ROWS = [
-    ("state_reports.per_s", "state reports/s, server alone (gunicorn + Redis + flusher + PostgreSQL; wrk)"),
+    (
+        "state_reports.per_s",
+        "state reports/s, server alone (agent server + Redis + flusher + PostgreSQL; wrk)",
+    ),
     ("state_reports.server_alone.p99_ms", "  report latency p99 at that rate, ms"),
     ("state_reports.server_alone.backlog_at_end", "  report buffer at the end (devices not yet written)"),
-    ("state_reports.server_alone.cpu_percent.web", "  CPU % of one core: gunicorn"),
+    ("state_reports.server_alone.cpu_percent.agents", "  CPU % of one core: agent API server"),
+    ("state_reports.server_alone.cpu_percent.web", "  CPU %: gunicorn"),
     ("state_reports.server_alone.cpu_percent.flusher", "  CPU %: flusher"),
     ("state_reports.server_alone.cpu_percent.redis", "  CPU %: Redis"),
     ("state_reports.server_alone.cpu_percent.postgres", "  CPU %: PostgreSQL"),
@@ -56,6 +60,7 @@ ROWS = [
     ("simulator.{label}.polls_per_s", "simulator: target polls/s"),
     ("state_reports.simulated.cpu_percent.simulators", "  CPU %: simulators"),
     ("state_reports.simulated.rss_mb.simulators", "  memory MB: simulators"),
+    ("state_reports.simulated.cpu_percent.agents", "  CPU %: agent API server"),
     ("state_reports.simulated.cpu_percent.web", "  CPU %: gunicorn"),
     ("state_reports.simulated.cpu_percent.flusher", "  CPU %: flusher"),
     ("state_reports.simulated.cpu_percent.redis", "  CPU %: Redis"),
@@ -70,6 +75,7 @@ ROWS = [
     ("restart_fleet.missed.{label}", "  missed (offline)"),
     ("restart_fleet.unsupported.{label}", "  unsupported (agent < 1.1.0)"),
     ("restart_fleet.blocked.{label}", "  blocked (update lock)"),
+    ("restart_fleet.{label}.cpu_percent.agents", "  CPU %: agent API server"),
     ("restart_fleet.{label}.cpu_percent.web", "  CPU %: gunicorn"),
     ("restart_fleet.{label}.cpu_percent.worker", "  CPU %: Celery worker + beat"),
     ("restart_fleet.{label}.cpu_percent.flusher", "  CPU %: flusher"),
@@ -114,6 +120,10 @@ class Command(BaseCommand):
             "--web-threads", type=int, default=4, help="threads per gunicorn worker (default 4)"
         )
         parser.add_argument("--web-port", type=int, default=8100)
+        parser.add_argument(
+            "--agent-processes", type=int, default=2,
+            help="serve_agent_api processes for the agents' traffic, on --web-port + 1 (default 2; 0: gunicorn)",
+        )  # fmt: skip
         parser.add_argument(
             "--first-simulator-port",
             type=int,
@@ -211,12 +221,14 @@ class Command(BaseCommand):
         log(f"Database {connection.settings_dict['NAME']}, Redis {settings.REDIS_URL}; logs in {run_dir}")
         log(f"Provisioning {options['devices']:,} simulated devices (bulk, as registration would)")
         fleet = provision(
-            options["devices"], processes=options["processes"], state_dir=run_dir, server_url=url,
+            options["devices"], processes=options["processes"], state_dir=run_dir,
+            server_url=f"http://127.0.0.1:{options['web_port'] + 1}" if options["agent_processes"] else url,
             first_port=options["first_simulator_port"], log=log,
         )  # fmt: skip
         plan = scale.Plan(
             fleet=fleet, probes=fleet.probes, run_dir=run_dir, web_port=options["web_port"],
             web_workers=options["web_workers"], web_threads=options["web_threads"], poll_interval=options["poll_interval"],
+            agent_port=options["web_port"] + 1, agent_processes=options["agent_processes"],
             duration=options["duration"], ingest_duration=options["ingest_duration"],
             load_users=options["users"], load_duration=options["load_duration"],
             restart_timeout=options["restart_timeout"], env=env, log=log,

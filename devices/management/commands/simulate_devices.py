@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+import uvloop
 from django.core.management.base import BaseCommand, CommandError
 
 from devices.simulator import Simulator
@@ -139,7 +140,8 @@ class Command(BaseCommand):
         created = self.create_devices(sim, missing, options) if missing > 0 else 0
         source = f"from {options['state_file']}" if options["state_file"] else "(no state file)"
         self.stdout.write(f"{resumed} devices resumed {source}, {created} new")
-        asyncio.run(self.run(sim))
+        # uvloop: the event loop and its sockets in C, about half the CPU per request of asyncio's own.
+        uvloop.run(self.run(sim))
 
     def create_devices(self, sim: Simulator, n: int, options: dict[str, Any]) -> int:
         rng = random.Random(options["seed"])

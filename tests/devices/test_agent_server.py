@@ -1,0 +1,166 @@
+"""The agent API's own server (devices.agent_server, `manage.py serve_agent_api`), as a real process
+on the test database and Redis: reports answered in its event loop and batched into Redis, every
+other request answered by Django with the views' own rules."""
+
+import http.client
+import json
+import os
+import re
+import secrets
+import socket
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from dashboard.embedded_redis import free_port
+from devices import ingest
+from devices.models import Device
+from fleets.services import provisioning_key_create
+from tests.devices.test_agent_fast_path import REPORT
+from tests.factories import make_fleet
+
+BASE_DIR = Path(__file__).resolve().parents[2]
+pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
+
+
+@pytest.fixture
+def agent_server(test_database_url, test_redis, tmp_path):
+    port = free_port()
+    env = os.environ | {
+        "DATABASE_URL": test_database_url,
+        "REDIS_URL": test_redis.url,
+        "RUN_DIR": str(tmp_path / "run"),
+        "PYTHONUNBUFFERED": "1",
+    }
+    log_path = tmp_path / "agent-server.log"
+    with log_path.open("w") as log:
+        process = subprocess.Popen(
+            [sys.executable, "manage.py", "serve_agent_api", "--port", str(port), "--threads", "2"],
+            cwd=BASE_DIR, env=env, stdout=log, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    deadline = time.monotonic() + 30
+    while "listening" not in log_path.read_text():
+        assert process.poll() is None and time.monotonic() < deadline, log_path.read_text()
+        time.sleep(0.1)
+    yield port
+    process.terminate()
+    assert process.wait(10) == 0, log_path.read_text()
+
+
+@pytest.fixture
+def fleet():
+    return make_fleet(device_type="raspberrypi3")
+
+
+def request(port, method, path, body=None, key=None, headers=None):
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    all_headers = {"Host": "127.0.0.1"} | (headers or {})
+    if key:
+        all_headers["Authorization"] = f"Bearer {key}"
+    if body is not None:
+        body = body if isinstance(body, bytes) else json.dumps(body).encode()
+        all_headers["Content-Type"] = "application/json"
+    connection.request(method, path, body=body, headers=all_headers)
+    response = connection.getresponse()
+    data = response.read()
+    connection.close()
+    return response.status, dict(response.getheaders()), data
+
+
+def register(port, fleet) -> tuple[str, str]:
+    uuid = secrets.token_hex(16)
+    body = {"uuid": uuid, "device_type": "raspberrypi3", "os_version": "2.58.3", "agent_version": "1.4.0"}
+    status, _, data = request(
+        port, "POST", "/api/v1/devices/register", body, provisioning_key_create(fleet=fleet)
+    )
+    assert status == 201, data
+    return uuid, json.loads(data)["api_key"]
+
+
+def test_a_report_is_buffered_and_written_like_the_views(agent_server, fleet):
+    uuid, key = register(agent_server, fleet)
+    for _ in range(2):  # the first goes through Django and caches the key; the second is the fast path
+        status, headers, body = request(agent_server, "PATCH", "/api/v1/device/state", REPORT, key)
+        assert (status, body) == (204, b"")
+        assert headers["X-Content-Type-Options"] == "nosniff"
+    device = Device.objects.get(uuid=uuid)
+    assert ingest.redis_client().sismember(ingest.DIRTY, device.pk)
+    ingest.flush()
+    device.refresh_from_db()
+    assert (device.os_version, device.agent_version, device.ip_address) == ("2.95.12", "1.5.0", "10.0.0.7")
+    assert device.is_online
+
+
+def test_bad_reports_get_the_views_answers_and_change_nothing(agent_server, fleet):
+    uuid, key = register(agent_server, fleet)
+    request(agent_server, "PATCH", "/api/v1/device/state", REPORT, key)  # the key is cached now
+    status, _, body = request(agent_server, "PATCH", "/api/v1/device/state", REPORT | {"uptime_s": -5}, key)
+    assert status == 400 and json.loads(body)["fields"].keys() == {"uptime_s"}
+    status, _, body = request(agent_server, "PATCH", "/api/v1/device/state", b"{not json", key)
+    assert status == 400 and json.loads(body)["error"] == "invalid"
+    status, _, body = request(agent_server, "PATCH", "/api/v1/device/state", REPORT, "wrong-key")
+    assert status == 401 and json.loads(body)["error"] == "invalid_api_key"
+    status, _, _ = request(agent_server, "PATCH", "/api/v1/device/state", b"x" * (70 * 1024), key)
+    assert status == 413
+    ingest.flush()
+    assert Device.objects.get(uuid=uuid).agent_version == "1.5.0"  # only the one good report
+
+
+def test_the_target_poll_goes_through_django_with_its_etag(agent_server, fleet):
+    _, key = register(agent_server, fleet)
+    status, headers, body = request(agent_server, "GET", "/api/v1/device/target", key=key)
+    assert status == 200 and json.loads(body)["fleet"]["id"] == fleet.pk
+    status, _, body = request(
+        agent_server, "GET", "/api/v1/device/target", key=key, headers={"If-None-Match": headers["ETag"]}
+    )
+    assert (status, body) == (304, b"")
+
+
+def test_requests_on_one_connection_are_answered_in_order(agent_server, fleet):
+    _, key = register(agent_server, fleet)
+    report = json.dumps(REPORT).encode()
+    one = (
+        f"PATCH /api/v1/device/state HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {key}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(report)}\r\n\r\n"
+    ).encode() + report
+    poll = f"GET /api/v1/device/target HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {key}\r\n\r\n".encode()
+    with socket.create_connection(("127.0.0.1", agent_server), timeout=10) as sock:
+        sock.sendall(one + poll + one + one)  # pipelined: a slow Django answer between fast ones
+        received = b""
+        while len(re.findall(rb"HTTP/1\.1 \d{3}", received)) < 4 or not received.endswith(b"\r\n\r\n"):
+            chunk = sock.recv(65536)
+            assert chunk, received
+            received += chunk
+    statuses = re.findall(rb"HTTP/1\.1 (\d{3})", received)
+    assert statuses == [b"204", b"200", b"204", b"204"]
+
+
+def test_malformed_http_is_refused(agent_server):
+    with socket.create_connection(("127.0.0.1", agent_server), timeout=10) as sock:
+        sock.sendall(b"NOT HTTP AT ALL\r\n\r\n")
+        assert sock.recv(1024).startswith(b"HTTP/1.1 400")
+
+
+def test_many_devices_reporting_at_once_are_all_buffered(agent_server, fleet):
+    devices = [register(agent_server, fleet) for _ in range(40)]
+    for _, key in devices:  # cache the keys
+        request(agent_server, "PATCH", "/api/v1/device/state", REPORT, key)
+    ingest.flush()
+    reports = [REPORT | {"ip_address": f"10.0.1.{n}"} for n in range(len(devices))]
+    with ThreadPoolExecutor(20) as pool:
+        statuses = list(
+            pool.map(
+                lambda pair: request(agent_server, "PATCH", "/api/v1/device/state", pair[1], pair[0][1])[0],
+                zip(devices, reports, strict=True),
+            )
+        )
+    assert statuses == [204] * len(devices)
+    ingest.flush()
+    addresses = dict(
+        Device.objects.filter(uuid__in=[u for u, _ in devices]).values_list("uuid", "ip_address")
+    )
+    assert [addresses[uuid] for uuid, _ in devices] == [f"10.0.1.{n}" for n in range(len(devices))]

@@ -11,7 +11,8 @@ from django.utils import timezone
 from playwright.sync_api import expect
 
 from devices.models import Device
-from fleets.models import Fleet, FleetMembership, FleetRole
+from fleets import services
+from fleets.models import Fleet, FleetMembership, FleetRole, OrgRole
 from tests.browser.conftest import PASSWORD, check_page, login, screenshot, stock_fleet
 from tests.factories import make_fleet, make_org, make_org_admin, make_user
 
@@ -101,11 +102,20 @@ def test_support_access_is_granted_for_a_period_and_revoked(page, demo):
     assert fleet.support_access_until is None or fleet.support_access_until <= timezone.now()
 
 
-def test_an_administrator_adds_a_member_changes_the_role_and_removes_them(page, demo):
+def test_an_administrator_adds_a_member_changes_the_role_and_removes_them(page, page_guard, demo):
     newcomer = make_user("nina-newcomer")
+    # A fleet administrator adds people of the organization; only org administrators bring in others.
+    services.org_member_set(organization=demo.org, user=newcomer, role=OrgRole.MEMBER)
     login(page, demo.administrator)
     page.goto(f"/fleets/{demo.fleet.pk}/")
     page.get_by_role("navigation", name="Fleet sections").get_by_role("link", name="Members").click()
+
+    make_user("sam-stranger")  # not in the organization: refused (a 400 page), with who can add them
+    page_guard.allow_console_error("status of 400 (Bad Request)")
+    page.get_by_label("Username").fill("sam-stranger")
+    page.get_by_role("button", name="Add member").click()
+    expect(page.get_by_text("sam-stranger is not a member of Acme")).to_be_visible()
+    assert not FleetMembership.objects.filter(fleet=demo.fleet, user__username="sam-stranger").exists()
 
     page.get_by_label("Username").fill("nina-newcomer")
     page.get_by_label("Role", exact=True).select_option(label="Operator")

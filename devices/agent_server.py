@@ -79,7 +79,8 @@ class ReportBatcher:
                 batch, self.waiting = self.waiting[:BATCH], self.waiting[BATCH:]
                 keys = [ingest._identity_key(key_hash) for key_hash, _, _ in batch] + [ingest.DIRTY]
                 try:
-                    answers = await self.script(keys=keys, args=[encoded for _, encoded, _ in batch])
+                    args = [ingest.IDENTITY_TTL_S, *(encoded for _, encoded, _ in batch)]
+                    answers = await self.script(keys=keys, args=args)
                 except (RedisError, OSError) as error:
                     log.warning("buffering %d reports failed (%s): they go through Django", len(batch), error)
                     answers = [b""] * len(batch)

@@ -20,11 +20,12 @@ import threading
 import time
 from collections import defaultdict
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import redis
 from django.conf import settings
 from django.db import close_old_connections, connection, transaction
+from django.utils import timezone
 
 from devices.keys import hash_secret
 from devices.models import GOING_DOWN, ActionDelivery, DeliveryState, Device, online_cutoff
@@ -139,8 +140,10 @@ def buffer_report(device_id: int, fields: dict, now: datetime) -> None:
 
 
 # Reports from devices whose api keys are in the identity cache, any number in one round trip and one
-# script: for each, look the key up, merge the fields into the device's pending report, mark it
-# dirty. KEYS: the identity key of each report, then the dirty set; ARGV: each report's fields. For
+# script: for each, look the key up (and keep it cached for IDENTITY_TTL_S more: a device that keeps
+# reporting is never read from the database again; a deleted one is forgotten at once, see
+# forget_api_keys), merge the fields into the device's pending report, mark it dirty. KEYS: the
+# identity key of each report, then the dirty set; ARGV: the identity TTL, then each report's fields. For
 # each report the script answers the cached identity ("<id>|<uuid>"), "-" for a key known to be
 # wrong, or "" when the key is not cached (then nothing was written for it and the caller takes the
 # full path, which reads the database). The report key is derived inside the script: fine on one
@@ -151,9 +154,10 @@ local answers = {{}}
 for i = 1, #KEYS - 1 do
   local identity = redis.call('GET', KEYS[i])
   if identity and identity ~= '-' then
+    redis.call('EXPIRE', KEYS[i], ARGV[1])
     local id = string.match(identity, '^(%d+)|')
     local fields = {{}}
-    for part in string.gmatch(ARGV[i], '[^\\31]+') do fields[#fields + 1] = part end
+    for part in string.gmatch(ARGV[i + 1], '[^\\31]+') do fields[#fields + 1] = part end
     redis.call('HSET', '{_report_key("")}' .. id, unpack(fields))
     redis.call('SADD', dirty, id)
   end
@@ -193,7 +197,9 @@ def buffer_report_by_key(key_hash: str, fields: dict, now: datetime) -> AgentIde
     script = _scripts.get(settings.REDIS_URL)
     if script is None:
         script = _scripts[settings.REDIS_URL] = report_script(r)
-    (answer,) = script(keys=[_identity_key(key_hash), DIRTY], args=[encode_report(fields, now)])
+    (answer,) = script(
+        keys=[_identity_key(key_hash), DIRTY], args=[IDENTITY_TTL_S, encode_report(fields, now)]
+    )
     return identity_from_answer(answer)
 
 
@@ -293,6 +299,46 @@ def _flush_results(r: redis.Redis, limit: int) -> int:
     return len(entries)
 
 
+# What a report may set (agent_api.clean_report's fields), read back to write only what changed.
+REPORTED_COLUMNS = (
+    "agent_status", "os_version", "os_version_key", "agent_version", "agent_version_key", "ip_address",
+    "api_address", "web_address", "booted_at", "release_commit", "update_lock_held", "os_update_progress",
+    "update_blocked", "services", "volumes",
+)  # fmt: skip
+# booted_at is the report's time less its uptime, so it moves by the rounding of both.
+BOOT_TIME_JITTER_S = 5
+
+
+def heartbeat_refresh_s() -> float:
+    """How old last_seen_at may grow in the database before an unchanged heartbeat rewrites it.
+
+    A heartbeat that changes nothing else costs an UPDATE of the device row and of every one of its
+    indexes (PostgreSQL cannot update it in place: last_seen_at is indexed for the list's sort), so a
+    device online and unchanged has its last_seen_at refreshed only when it is this old: 0.4 x the
+    offline threshold, so that with reports more often than that it never goes stale enough to look
+    offline (at most 0.4 + one report interval < 1 threshold). A device coming back, or any other
+    change, is written at once."""
+    return 0.4 * settings.DEVICE_OFFLINE_AFTER_S
+
+
+def _changed_fields(old: dict, fields: dict) -> dict:
+    changed = {}
+    for name, value in fields.items():
+        if name == "last_seen_at" or name not in old:
+            continue
+        previous = old[name]
+        if name == "booted_at" and previous is not None and value is not None:
+            if abs((value - previous).total_seconds()) <= BOOT_TIME_JITTER_S:
+                continue
+        elif name == "ip_address" and previous is not None and value is not None:
+            if str(previous) == str(value):
+                continue
+        elif previous == value:
+            continue
+        changed[name] = value
+    return changed
+
+
 def apply_reports(reports: dict[int, dict]) -> None:
     """Write reports in bulk and act on what they imply (devices back online, OS updates done)."""
     if not reports:
@@ -310,27 +356,35 @@ def apply_reports(reports: dict[int, dict]) -> None:
             for row in Device.objects.filter(pk__in=reports)
             .select_for_update()
             .order_by("id")
-            .values("id", "is_active", "last_seen_at", "agent_status", "target_os_version", "update_blocked")
+            .values("id", "is_active", "last_seen_at", "target_os_version", *REPORTED_COLUMNS)
         }
         cutoff = online_cutoff()
+        refresh_before = timezone.now() - timedelta(seconds=heartbeat_refresh_s())
         came_back, updated, blocking = [], [], []
-        for device_id, fields in reports.items():
+        for device_id, fields in list(reports.items()):
             old = before.get(device_id)
             if old is None:
                 continue  # deleted since it reported
             was_online = (
-                old["is_active"] and old["last_seen_at"] >= cutoff and old["agent_status"] not in GOING_DOWN
+                old["is_active"]
+                and old["last_seen_at"] is not None
+                and old["last_seen_at"] >= cutoff
+                and old["agent_status"] not in GOING_DOWN
             )
             if not was_online:
                 came_back.append(device_id)
+            changed = _changed_fields(old, fields)
+            if was_online and not changed and old["last_seen_at"] >= refresh_before:
+                del reports[device_id]  # a heartbeat that changes nothing a page would show: see above
+                continue
+            reports[device_id] = changed | {"last_seen_at": fields["last_seen_at"]}
+            fields = reports[device_id] | {"os_version_key": fields.get("os_version_key", 0)}
             target = old["target_os_version"]
             if target and fields.get("os_version_key", 0) >= version_key(target):
-                fields["target_os_version"] = ""
-                updated.append((device_id, fields["os_version"]))
-            elif target and fields.get("update_blocked", old["update_blocked"]) != old["update_blocked"]:
-                blocking.append(
-                    (device_id, fields["update_blocked"])
-                )  # rare: the lock began or ceased to block
+                reports[device_id]["target_os_version"] = ""
+                updated.append((device_id, fields.get("os_version") or old["os_version"]))
+            elif target and "update_blocked" in fields:  # rare: the lock began or ceased to block
+                blocking.append((device_id, fields["update_blocked"]))
         groups = defaultdict(list)
         for device_id in sorted(reports):
             if device_id in before:

@@ -209,6 +209,51 @@ class TestBufferedIngestion:
         assert patch(client, key, {"status": "idle"}).status_code == 401
 
 
+
+class TestHeartbeatWrites:
+    """An unchanged heartbeat of an online device does not rewrite its row (and its indexes) every
+    time; anything that changes, and a device coming back, is written at once."""
+
+    HEARTBEAT = {"status": "idle", "os_version": "2.58.3", "ip_address": "10.0.0.7", "uptime_s": 600}
+
+    def seen(self, device):
+        return Device.objects.values_list("last_seen_at", flat=True).get(pk=device.pk)
+
+    def test_an_unchanged_heartbeat_soon_after_the_last_write_is_not_written(self, client, registered):
+        device, key = registered
+        patch(client, key, self.HEARTBEAT)
+        first = self.seen(device)
+        assert patch(client, key, self.HEARTBEAT | {"uptime_s": 601}).status_code == 204
+        assert self.seen(device) == first
+        assert Device.objects.get(pk=device.pk).is_online
+
+    def test_an_unchanged_heartbeat_refreshes_last_seen_before_it_could_look_offline(
+        self, client, registered, settings
+    ):
+        device, key = registered
+        patch(client, key, self.HEARTBEAT)
+        refresh = ingest.heartbeat_refresh_s()
+        assert refresh < settings.DEVICE_OFFLINE_AFTER_S - settings.AGENT_REPORT_INTERVAL_S
+        aged = timezone.now() - timedelta(seconds=refresh + 1)
+        Device.objects.filter(pk=device.pk).update(last_seen_at=aged)
+        patch(client, key, self.HEARTBEAT)
+        assert self.seen(device) > aged + timedelta(seconds=refresh)
+
+    def test_a_change_is_written_at_once(self, client, registered):
+        device, key = registered
+        patch(client, key, self.HEARTBEAT)
+        first = self.seen(device)
+        patch(client, key, self.HEARTBEAT | {"ip_address": "10.0.0.8"})
+        device.refresh_from_db()
+        assert device.ip_address == "10.0.0.8" and device.last_seen_at > first
+
+    def test_a_device_coming_back_is_written_at_once(self, client, registered):
+        device, key = registered
+        patch(client, key, self.HEARTBEAT)
+        Device.objects.filter(pk=device.pk).update(last_seen_at=timezone.now() - timedelta(days=1))
+        patch(client, key, self.HEARTBEAT)
+        assert Device.objects.get(pk=device.pk).is_online
+
 class TestTarget:
     def test_it_returns_the_target_with_an_etag_and_304_when_unchanged(self, client, registered):
         device, key = registered

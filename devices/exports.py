@@ -26,6 +26,12 @@ ACTIVITY_CSV_HEADER = [
     "sent",
     "summary",
 ]
+# A device's Activity export: the same columns, then this device's own outcome. Of an action in a fleet
+# the reader may not see (the device was moved since), what it did elsewhere stays blank.
+DEVICE_ACTIVITY_CSV_HEADER = [*ACTIVITY_CSV_HEADER, "device_outcome", "device_reason"]
+OTHER_FLEET_COLUMNS = ("selection", "devices", "succeeded", "failed", "blocked", "missed", "unsupported",
+                       "expired", "cancelled", "waiting", "sent")  # fmt: skip
+OTHER_FLEET_BLANKS = frozenset(ACTIVITY_CSV_HEADER.index(column) for column in OTHER_FLEET_COLUMNS)
 OUTCOMES_CSV_HEADER = [
     "device_uuid",
     "device_name",
@@ -66,31 +72,44 @@ def csv_response(filename: str, header: list[str], rows) -> StreamingHttpRespons
     return response
 
 
+def activity_csv_row(a) -> list:
+    selection = a.selection.get("filter") if "filter" in a.selection else len(a.selection.get("ids", []))
+    return [
+        a.pk,
+        a.created_at.isoformat(),
+        a.actor_name,
+        a.get_kind_display(),
+        a.get_scope_display(),
+        selection if a.selection else "",
+        a.device.name if a.device else "",
+        a.state,
+        a.offline_policy,
+        a.target_count,
+        a.succeeded_count,
+        a.failed_count,
+        a.blocked_count,
+        a.missed_count,
+        a.unsupported_count,
+        a.expired_count,
+        a.cancelled_count,
+        a.waiting_count,
+        a.sent_count,
+        a.summary,
+    ]
+
+
 def activity_csv_rows(actions):
     for a in actions.order_by("-created_at", "-id").iterator(chunk_size=1000):
-        selection = a.selection.get("filter") if "filter" in a.selection else len(a.selection.get("ids", []))
-        yield [
-            a.pk,
-            a.created_at.isoformat(),
-            a.actor_name,
-            a.get_kind_display(),
-            a.get_scope_display(),
-            selection if a.selection else "",
-            a.device.name if a.device else "",
-            a.state,
-            a.offline_policy,
-            a.target_count,
-            a.succeeded_count,
-            a.failed_count,
-            a.blocked_count,
-            a.missed_count,
-            a.unsupported_count,
-            a.expired_count,
-            a.cancelled_count,
-            a.waiting_count,
-            a.sent_count,
-            a.summary,
-        ]
+        yield activity_csv_row(a)
+
+
+def device_activity_csv_rows(actions, visible_fleet_ids: set[int]):
+    """`actions` from devices.selectors.device_activity_log: each row ends with this device's outcome."""
+    for a in actions.order_by("-created_at", "-id").iterator(chunk_size=1000):
+        row = activity_csv_row(a)
+        if a.fleet_id not in visible_fleet_ids:
+            row = ["" if i in OTHER_FLEET_BLANKS else value for i, value in enumerate(row)]
+        yield [*row, a.device_outcome, a.device_reason]
 
 
 def outcome_csv_rows(deliveries):

@@ -10,6 +10,7 @@ from devices.models import (
     ActionKind,
     ActionScope,
     ActionState,
+    DeliveryState,
     Device,
     DeviceAction,
     DeviceStatus,
@@ -168,3 +169,11 @@ class ActionFilter(django_filters.FilterSet):
         model = DeviceAction
         fields = []
         form = PlainLabelsForm
+
+
+class DeviceActivityFilter(ActionFilter):
+    """A device's Activity page: the Activity tab's filters, and this device's own outcome."""
+
+    outcome = django_filters.ChoiceFilter(
+        field_name="device_outcome", choices=DeliveryState.choices, label="This device", empty_label="Any"
+    )

@@ -17,8 +17,14 @@ from django.views.decorators.http import require_POST
 from django_htmx.http import HttpResponseClientRedirect, push_url
 
 from devices import public_url, services
-from devices.exports import OUTCOMES_CSV_HEADER, csv_response, outcome_csv_rows
-from devices.filters import DeviceFilter, filtered_devices, list_querystring
+from devices.exports import (
+    DEVICE_ACTIVITY_CSV_HEADER,
+    OUTCOMES_CSV_HEADER,
+    csv_response,
+    device_activity_csv_rows,
+    outcome_csv_rows,
+)
+from devices.filters import DeviceActivityFilter, DeviceFilter, filtered_devices, list_querystring
 from devices.models import (
     OPEN_DELIVERY_STATES,
     ActionDelivery,
@@ -28,9 +34,16 @@ from devices.models import (
     DeviceAction,
     OfflinePolicy,
 )
-from devices.selectors import DEVICE_SORTS, Sort, keyset_page_for, sort_for
+from devices.selectors import (
+    ACTIVITY_SORT,
+    DEVICE_SORTS,
+    Sort,
+    device_activity_log,
+    keyset_page_for,
+    sort_for,
+)
 from fleets.models import Fleet, FleetRole
-from fleets.selectors import device_for_user, devices_for_user, fleet_for_user
+from fleets.selectors import device_for_user, devices_for_user, fleet_for_user, visible_fleet_ids
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +53,7 @@ MAX_ROW_ID = 2**63 - 1  # a BigAutoField's largest value: larger ints make the d
 MAX_FILTER_LENGTH = 2000
 DEVICE_PAGE_SIZE = 50
 OUTCOME_PAGE_SIZE = 100
+ACTIVITY_PAGE_SIZE = 50
 TTL_CHOICES = [(1, "1 hour"), (6, "6 hours"), (24, "1 day"), (72, "3 days"), (168, "7 days")]
 
 
@@ -74,6 +88,40 @@ def device_detail(request, uuid):
     if request.htmx and request.htmx.target == "device-live":
         return render(request, "devices/detail.html#live", context)
     return render(request, "devices/detail.html", context)
+
+
+@login_required
+def device_activity(request, uuid):
+    """Every action that touched the device, newest first: who, when, what, at which scope, this
+    device's outcome and the action's counts; filterable, CSV too. The same few queries per page
+    however long the log: the page, then which of its fleets the user may see."""
+    device = device_for_user(request.user, uuid)
+    touched = device_activity_log(device).select_related("device")
+    activity_filter = DeviceActivityFilter(request.GET, queryset=touched)
+    actions = activity_filter.qs if activity_filter.is_valid() else DeviceAction.objects.none()
+    if request.GET.get("format") == "csv":
+        visible = visible_fleet_ids(request.user, actions.values("fleet_id"))
+        rows = device_activity_csv_rows(actions, visible)
+        return csv_response(f"device-{device.uuid}-activity.csv", DEVICE_ACTIVITY_CSV_HEADER, rows)
+    page = keyset_page_for(actions, ACTIVITY_SORT, ACTIVITY_PAGE_SIZE, request.GET)
+    # An action of a fleet the device has left is listed, with this device's outcome; only a member
+    # of that fleet gets its link and its counts.
+    visible = visible_fleet_ids(request.user, {a.fleet_id for a in page.rows}) if page.rows else set()
+    params = request.GET.copy()
+    for cursor in ("after", "before", "last"):
+        params.pop(cursor, None)
+    context = {
+        "device": device,
+        "fleet": device.fleet,
+        "access": device.access,
+        "filter": activity_filter,
+        "page": page,
+        "visible_fleets": visible,
+        "querystring": params.urlencode(),
+    }
+    if request.htmx and request.htmx.target == "activity-table":
+        return render(request, "devices/activity.html#activity-table", context)
+    return render(request, "devices/activity.html", context)
 
 
 def _device_menu(device: Device) -> list[services.ActionSpec]:

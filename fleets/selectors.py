@@ -170,6 +170,12 @@ def fleets_for_user(user, role: FleetRole = FleetRole.OBSERVER) -> QuerySet[Flee
     ).filter(user_rank__gte=ROLE_RANK[role])
 
 
+def visible_fleet_ids(user, fleet_ids) -> set[int]:
+    """Which of these fleets (ids, or a subquery of them) the user may see, in one query: what a
+    device's audit log may link to and count, when the device has moved between fleets."""
+    return set(fleets_for_user(user).filter(pk__in=fleet_ids).values_list("pk", flat=True))
+
+
 def devices_for_user(user, role: FleetRole = FleetRole.OBSERVER) -> QuerySet[Device]:
     """Devices on whose fleet `user` holds at least `role`, plus devices under a live support grant.
 

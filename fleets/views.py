@@ -19,8 +19,8 @@ from devices.filters import ActionFilter, DeviceFilter, filtered_devices, list_q
 from devices.forms import SavedViewForm
 from devices.models import ActionKind, ActionScope, DeviceAction, SavedView
 from devices.selectors import (
+    ACTIVITY_SORT,
     DEVICE_SORTS,
-    Sort,
     fleet_counts,
     fleet_counts_many,
     keyset_page_for,
@@ -623,7 +623,6 @@ def fleet_member_remove(request, fleet_id, user_id):
     return redirect(_left_the_fleet(request, fleet))
 
 
-ACTIVITY_SORT = Sort("-created", "Newest first", ("created_at", "id"), descending=True)
 ACTIVITY_PAGE_SIZE = 50
 
 

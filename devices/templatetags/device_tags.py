@@ -5,6 +5,8 @@ from datetime import datetime
 from django import template
 from django.utils import timezone
 
+from devices.models import DeliveryState
+
 register = template.Library()
 
 
@@ -21,3 +23,10 @@ def short_ago(moment: datetime | None, now: datetime | None = None) -> str:
         if seconds >= size:
             return f"{seconds // size} {unit} ago"
     raise AssertionError("unreachable")
+
+
+@register.filter
+def outcome_label(state: str) -> str:
+    """A delivery state's label ("Missed: offline"), for an outcome read as a plain value (an
+    annotation) rather than from an ActionDelivery's own field."""
+    return DeliveryState(state).label if state in DeliveryState.values else state

@@ -278,6 +278,10 @@ ENDPOINTS = [
     # Device pages.
     Endpoint("device", "GET", "/devices/{pump}/", Role(OBSERVER)),
     Endpoint("device:live", "GET", "/devices/{pump}/", Role(OBSERVER), htmx="device-live"),
+    Endpoint("device-activity", "GET", "/devices/{pump}/activity/", Role(OBSERVER)),
+    Endpoint("device-activity:table", "GET", "/devices/{pump}/activity/?outcome=pending", Role(OBSERVER),
+             htmx="activity-table"),
+    Endpoint("device-activity.csv", "GET", "/devices/{pump}/activity/?format=csv", Role(OBSERVER)),
     Endpoint("restart.device:dialog", "GET", "/devices/{pump}/actions/restart/", Engine("restart", "device"),
              htmx="dialog-slot"),
     # Fleet-specific actions: the confirmation (page and htmx dialog) and the POST.

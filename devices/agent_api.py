@@ -297,7 +297,20 @@ def target_state(request, identity):
 @device_endpoint
 @require_http_methods(["POST"])
 def action_result(request, identity):
-    payload = _json_body(request)
+    key, state, reason = clean_result(_json_body(request))
+    action_id, device_id = parse_delivery_key(key)
+    # One indexed read (results are rare next to reports); the write itself is buffered.
+    if (
+        device_id != identity.id
+        or not ActionDelivery.objects.filter(action_id=action_id, device_id=device_id).exists()
+    ):
+        raise AgentError(404, "unknown_action", "That key is not an action delivery of this device.")
+    ingest.buffer_result(identity.id, key, state, reason)
+    return HttpResponse(status=204)
+
+
+def clean_result(payload: dict) -> tuple[str, str, str]:
+    """An action result's key, state and reason (cut to 300 characters), or AgentError."""
     key, state, reason = payload.get("key"), payload.get("state"), payload.get("reason", "")
     errors = {}
     if not isinstance(key, str) or len(key) > 60:
@@ -308,12 +321,4 @@ def action_result(request, identity):
         errors["reason"] = "must be a string"
     if errors:
         raise AgentError(400, "invalid", "The result has invalid fields.", errors)
-    action_id, device_id = parse_delivery_key(key)
-    # One indexed read (results are rare next to reports); the write itself is buffered.
-    if (
-        device_id != identity.id
-        or not ActionDelivery.objects.filter(action_id=action_id, device_id=device_id).exists()
-    ):
-        raise AgentError(404, "unknown_action", "That key is not an action delivery of this device.")
-    ingest.buffer_result(identity.id, key, state, reason[:300])
-    return HttpResponse(status=204)
+    return key, state, reason[:300]

@@ -6,11 +6,14 @@ CPU, 1,900 reports a second on two cores. Here HTTP/1.1 keep-alive connections a
 with httptools' parser; a report that the fast path takes (`AgentReportFastPath.takes` and
 `.report`: the same checks and the same `agent_api.clean_report` as the view) is written to Redis
 together with every other report that arrived meanwhile, in one script call
-(`ingest.report_script`), and answered with the view's 204 and headers.
+(`ingest.report_script`), and answered with the view's 204 and headers. Action results are taken
+the same way (`ingest.results_script`) when Redis knows the delivery was pushed to that device
+(`ingest.remember_sent`): the view's database read is not needed then.
 
-Everything else (registration, the target-state poll, action results, any report the fast path
-does not take: unknown or wrong key, invalid fields, Redis unavailable) goes, body included, to
-Django's WSGI application in a thread pool, so every other answer and rule stays the views' own.
+Everything else (registration, the target-state poll, any report or result the fast path does not
+take: unknown or wrong key, invalid fields, a delivery Redis does not know, Redis unavailable) goes,
+body included, to Django's WSGI application in a thread pool, so every other answer and rule stays
+the views' own.
 
 `manage.py serve_agent_api` runs it; in production the proxy routes /api/v1/ here (README,
 Deployment). Several processes may listen on one port (SO_REUSEPORT).
@@ -56,17 +59,20 @@ class Request:
     keep_alive: bool = True
 
 
-class ReportBatcher:
-    """Reports that arrive while a script call is in flight go together in the next one."""
+class ScriptBatcher:
+    """Calls that arrive while a script call is in flight go together in the next one.
 
-    def __init__(self, client: aioredis.Redis):
-        self.script = ingest.report_script(client)
-        self.waiting: list[tuple[str, str, asyncio.Future]] = []
+    `submit(key, args)` adds one item: its KEYS entry and its ARGV entries; the script answers one
+    value per item. `prefix` and `suffix` are the ARGV before and KEYS after every item's."""
+
+    def __init__(self, script, *, prefix=(), suffix_keys=()):
+        self.script, self.prefix, self.suffix_keys = script, list(prefix), list(suffix_keys)
+        self.waiting: list[tuple[str, tuple, asyncio.Future]] = []
         self.draining = False
 
-    def submit(self, key_hash: str, encoded: str) -> asyncio.Future:
+    def submit(self, key: str, args: tuple) -> asyncio.Future:
         future = asyncio.get_running_loop().create_future()
-        self.waiting.append((key_hash, encoded, future))
+        self.waiting.append((key, args, future))
         if not self.draining:
             self.draining = True
             asyncio.get_running_loop().create_task(self._drain())
@@ -75,15 +81,17 @@ class ReportBatcher:
     async def _drain(self) -> None:
         try:
             while self.waiting:
-                await asyncio.sleep(0)  # reports parsed in this turn of the loop join the batch
+                await asyncio.sleep(0)  # items parsed in this turn of the loop join the batch
                 batch, self.waiting = self.waiting[:BATCH], self.waiting[BATCH:]
-                keys = [ingest._identity_key(key_hash) for key_hash, _, _ in batch] + [ingest.DIRTY]
+                keys = [key for key, _, _ in batch] + self.suffix_keys
+                args = self.prefix + [arg for _, item_args, _ in batch for arg in item_args]
                 try:
-                    args = [ingest.IDENTITY_TTL_S, *(encoded for _, encoded, _ in batch)]
                     answers = await self.script(keys=keys, args=args)
                 except (RedisError, OSError) as error:
-                    log.warning("buffering %d reports failed (%s): they go through Django", len(batch), error)
-                    answers = [b""] * len(batch)
+                    log.warning(
+                        "a batch of %d failed in Redis (%s): it goes through Django", len(batch), error
+                    )
+                    answers = [None] * len(batch)
                 for (_, _, future), answer in zip(batch, answers, strict=True):
                     if not future.done():
                         future.set_result(answer)
@@ -102,9 +110,12 @@ class AgentServer:
         self.redis = aioredis.Redis.from_url(
             settings.REDIS_URL, socket_connect_timeout=2, socket_timeout=5, max_connections=16
         )
-        self.batcher = ReportBatcher(self.redis)
+        self.reports = ScriptBatcher(
+            ingest.report_script(self.redis), prefix=[ingest.IDENTITY_TTL_S], suffix_keys=[ingest.DIRTY]
+        )
+        self.results = ScriptBatcher(ingest.results_script(self.redis), prefix=[ingest.RESULTS_MAXLEN])
         self.connections: set[AgentConnection] = set()
-        self.reports_fast = self.requests = 0
+        self.requests = 0
 
     # -- one request -------------------------------------------------------------------------
 
@@ -147,9 +158,19 @@ class AgentServer:
             report = self.fast_path.report(environ, environ["wsgi.input"].getvalue())
             if report is not None:
                 key_hash, fields, now = report
-                answer = await self.batcher.submit(key_hash, ingest.encode_report(fields, now))
-                if ingest.identity_from_answer(answer) is not None:
-                    self.reports_fast += 1
+                answer = await self.reports.submit(
+                    ingest._identity_key(key_hash), (ingest.encode_report(fields, now),)
+                )
+                if answer and ingest.identity_from_answer(answer) is not None:
+                    return response(204, self.fast_path.headers(environ), b"", request.keep_alive)
+        elif self.fast_path.takes_result(environ):
+            result = self.fast_path.result(environ, environ["wsgi.input"].getvalue())
+            if result is not None:
+                key_hash, action_id, device_id, entry = result
+                taken = await self.results.submit(
+                    ingest._identity_key(key_hash), (action_id, device_id, entry)
+                )
+                if taken == 1:
                     return response(204, self.fast_path.headers(environ), b"", request.keep_alive)
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self.pool, self._django, environ, request.keep_alive)

@@ -22,11 +22,13 @@ from django.utils import timezone
 from redis.exceptions import RedisError
 
 from devices import ingest, public_url
-from devices.agent_api import MAX_BODY, clean_report
+from devices.agent_api import MAX_BODY, clean_report, clean_result
 from devices.keys import hash_secret
 from devices.services import AgentError
+from devices.services.engine import parse_delivery_key
 
 PATH = "/api/v1/device/state"
+RESULT_PATH = "/api/v1/device/actions/result"
 
 
 class AgentReportFastPath:
@@ -45,8 +47,15 @@ class AgentReportFastPath:
         return self.app(environ, start_response)
 
     def takes(self, environ) -> bool:
-        """Whether the request is one the fast path may answer (before reading its body)."""
-        if environ.get("PATH_INFO") != PATH or environ.get("REQUEST_METHOD") != "PATCH":
+        """Whether the request is a state report the fast path may answer (before reading its body)."""
+        return self._takes(environ, PATH, "PATCH")
+
+    def takes_result(self, environ) -> bool:
+        """The same for an action result (`serve_agent_api` answers those too)."""
+        return self._takes(environ, RESULT_PATH, "POST")
+
+    def _takes(self, environ, path: str, method: str) -> bool:
+        if environ.get("PATH_INFO") != path or environ.get("REQUEST_METHOD") != method:
             return False
         try:
             length = int(environ.get("CONTENT_LENGTH") or 0)
@@ -56,18 +65,37 @@ class AgentReportFastPath:
             0 < length <= MAX_BODY and self._host_allowed(environ) and not self._redirects_to_https(environ)
         )
 
-    def report(self, environ, body: bytes) -> tuple[str, dict, datetime] | None:
-        """(api key hash, cleaned fields, time) of a well-formed report with a bearer key, else None:
-        the view then answers it, with its own error."""
+    def result(self, environ, body: bytes) -> tuple[str, int, int, str] | None:
+        """(api key hash, action id, device id, stream entry) of a well-formed result, else None."""
+        token, payload = self._bearer_and_json(environ, body)
+        if token is None:
+            return None
+        try:
+            key, state, reason = clean_result(payload)
+            action_id, device_id = parse_delivery_key(key)
+        except AgentError:
+            return None
+        return hash_secret(token), action_id, device_id, ingest.result_entry(device_id, key, state, reason)
+
+    @staticmethod
+    def _bearer_and_json(environ, body: bytes) -> tuple[str | None, dict]:
         scheme, _, token = environ.get("HTTP_AUTHORIZATION", "").partition(" ")
         token = token.strip()
         if scheme.lower() != "bearer" or not token:
-            return None
+            return None, {}
         try:
             payload = json.loads(body)
         except (ValueError, UnicodeDecodeError, RecursionError):
-            return None
+            return None, {}
         if not isinstance(payload, dict):
+            return None, {}
+        return token, payload
+
+    def report(self, environ, body: bytes) -> tuple[str, dict, datetime] | None:
+        """(api key hash, cleaned fields, time) of a well-formed report with a bearer key, else None:
+        the view then answers it, with its own error."""
+        token, payload = self._bearer_and_json(environ, body)
+        if token is None:
             return None
         now = timezone.now()
         try:

@@ -205,8 +205,53 @@ def buffer_report_by_key(key_hash: str, fields: dict, now: datetime) -> AgentIde
 
 def buffer_result(device_id: int, key: str, state: str, reason: str) -> None:
     redis_client().xadd(
-        RESULTS, {"r": json.dumps([device_id, key, state, reason])}, maxlen=RESULTS_MAXLEN, approximate=True
+        RESULTS, {"r": result_entry(device_id, key, state, reason)}, maxlen=RESULTS_MAXLEN, approximate=True
     )
+
+
+def result_entry(device_id: int, key: str, state: str, reason: str) -> str:
+    return json.dumps([device_id, key, state, reason])
+
+
+def _sent_key(action_id: int | str) -> str:
+    return f"agent:sent:{action_id}"
+
+
+def remember_sent(action_id: int, device_ids: list[int]) -> None:
+    """The deliveries of an action pushed to agents: their results can then be taken without a
+    database read (`_RESULTS_BY_KEY`), for as long as a result may come back."""
+    pipe = redis_client().pipeline(transaction=False)
+    pipe.sadd(_sent_key(action_id), *device_ids)
+    pipe.expire(_sent_key(action_id), int(2 * settings.ACTION_RESULT_TIMEOUT_S) + 60)
+    pipe.execute()
+
+
+# Action results from agents, any number in one round trip: a result is taken when the caller's api
+# key is cached as the device the delivery key names and that delivery was pushed to it
+# (remember_sent); it is then added to the results stream, as the view does after its database read.
+# KEYS: the identity key of each result; ARGV: the stream's length, then for each result its action
+# id, device id and stream entry. Answers 1 (taken) or 0 (the view decides) for each.
+_RESULTS_BY_KEY = f"""
+local answers = {{}}
+for i = 1, #KEYS do
+  local taken = 0
+  local identity = redis.call('GET', KEYS[i])
+  if identity and identity ~= '-' then
+    local action, device = ARGV[3 * i - 1], ARGV[3 * i]
+    if string.match(identity, '^(%d+)|') == device
+        and redis.call('SISMEMBER', '{_sent_key("")}' .. action, device) == 1 then
+      redis.call('XADD', '{RESULTS}', 'MAXLEN', '~', ARGV[1], '*', 'r', ARGV[3 * i + 1])
+      taken = 1
+    end
+  end
+  answers[i] = taken
+end
+return answers
+"""
+
+
+def results_script(client: redis.Redis):
+    return client.register_script(_RESULTS_BY_KEY)
 
 
 # --- Flushing ----------------------------------------------------------------------------------------

@@ -27,7 +27,9 @@ from django.conf import settings
 from django.db import connection, transaction
 from django.db.models import Case, CharField, Count, DateTimeField, F, IntegerField, Q, QuerySet, Value, When
 from django.utils import timezone
+from redis.exceptions import RedisError
 
+from devices import ingest
 from devices.addresses import address_refusal
 from devices.filters import filtered_devices
 from devices.keys import push_secret_for, sign_push
@@ -628,6 +630,8 @@ def _deliver(action_id: int, rows: QuerySet, claim: str) -> None:
     targets = list(
         Device.objects.filter(pk__in=device_ids).order_by("pk").values("pk", "uuid", "api_address")
     )
+    with contextlib.suppress(RedisError):  # without it the agents' results take the database read
+        ingest.remember_sent(action_id, device_ids)
     results = asyncio.run(_push_all(action["kind"], action["params"], action_id, targets))
     missing = set(device_ids) - {t["pk"] for t in targets}
     results += [PushResult(pk, DeliveryState.FAILED, "Device was deleted") for pk in missing]

@@ -164,3 +164,61 @@ def test_many_devices_reporting_at_once_are_all_buffered(agent_server, fleet):
         Device.objects.filter(uuid__in=[u for u, _ in devices]).values_list("uuid", "ip_address")
     )
     assert [addresses[uuid] for uuid, _ in devices] == [f"10.0.1.{n}" for n in range(len(devices))]
+
+
+class TestResults:
+    def delivery(self, device):
+        from devices.models import ActionDelivery, DeliveryState, DeviceAction
+
+        action = DeviceAction.objects.create(
+            organization=device.fleet.organization, fleet=device.fleet, fleet_name="x", actor_name="x",
+            kind="reboot", scope="device", state="dispatching", sent_count=1, target_count=1,
+        )  # fmt: skip
+        return ActionDelivery.objects.create(
+            action=action, device=device, device_uuid=device.uuid, device_name="x", state=DeliveryState.SENT
+        )
+
+    def test_a_result_of_a_pushed_delivery_is_taken_without_django(self, agent_server, fleet):
+        uuid, key = register(agent_server, fleet)
+        device = Device.objects.get(uuid=uuid)
+        request(agent_server, "PATCH", "/api/v1/device/state", REPORT, key)  # the key is cached now
+        delivery = self.delivery(device)
+        ingest.remember_sent(delivery.action_id, [device.pk])  # as the batch that pushed it does
+        body = {"key": f"{delivery.action_id}-{device.pk}", "state": "succeeded", "reason": "Rebooted"}
+        status, _, _ = request(agent_server, "POST", "/api/v1/device/actions/result", body, key)
+        assert status == 204
+        ingest.flush()
+        delivery.refresh_from_db()
+        assert (delivery.state, delivery.reason) == ("succeeded", "Rebooted")
+        # Taken in Redis alone: a delivery Redis knows is answered even once its row is gone (a
+        # deleted action), and the flush then finds nothing to change.
+        gone = self.delivery(device)
+        ingest.remember_sent(gone.action_id, [device.pk])
+        gone.action.delete()
+        body = {"key": f"{gone.action_id}-{device.pk}", "state": "succeeded"}
+        assert request(agent_server, "POST", "/api/v1/device/actions/result", body, key)[0] == 204
+        ingest.flush()
+
+    def test_a_result_redis_does_not_know_gets_the_views_answer(self, agent_server, fleet):
+        uuid, key = register(agent_server, fleet)
+        other_uuid, _ = register(agent_server, fleet)
+        device, other = Device.objects.get(uuid=uuid), Device.objects.get(uuid=other_uuid)
+        request(agent_server, "PATCH", "/api/v1/device/state", REPORT, key)
+        theirs = self.delivery(other)
+        ingest.remember_sent(theirs.action_id, [other.pk])
+        for result_key in (f"{theirs.action_id}-{other.pk}", f"{theirs.action_id}-{device.pk}", "999-1"):
+            status, _, data = request(
+                agent_server,
+                "POST",
+                "/api/v1/device/actions/result",
+                {"key": result_key, "state": "succeeded"},
+                key,
+            )
+            assert status == 404 and json.loads(data)["error"] == "unknown_action"
+        status, _, data = request(
+            agent_server, "POST", "/api/v1/device/actions/result", {"key": "1-1", "state": "great"}, key
+        )
+        assert status == 400
+        ingest.flush()
+        theirs.refresh_from_db()
+        assert theirs.state == "sent"

@@ -41,31 +41,35 @@ def allowed_networks() -> tuple[Network, ...]:
 
 def address_refusal(url: str, *, schemes: tuple[str, ...] = ("http",)) -> str:
     """Why the server will not connect to `url` ("" when it will)."""
-    try:
-        parts = urlsplit(url)
-        parts.port  # noqa: B018 - raises ValueError for a port that is not a number in range
-    except ValueError:
-        return "is not a valid URL"
-    if parts.scheme not in schemes:
-        return f"must be an {' or '.join(schemes)} URL"
-    if parts.username is not None or parts.password is not None:
-        return "must not carry credentials"
-    try:
-        ip = ipaddress.ip_address(parts.hostname or "")
-    except ValueError:
-        return "must name the device by its IP address, not a host name"
-    if getattr(ip, "scope_id", None):
-        return "must not carry an IPv6 zone"
-    if not any(ip in network for network in allowed_networks()):
-        return f"{ip} is outside the networks the server connects to (DEVICE_ALLOWED_NETWORKS)"
-    return ""
+    return checked_address(url, schemes=schemes)[1]
 
 
 def canonical_address(url: str) -> str:
     """The URL rebuilt from its parsed parts (scheme, IP, port, path), for a URL address_refusal
     accepted: what is stored is exactly what was checked, whatever odd bytes the agent sent."""
-    parts = urlsplit(url)
-    ip = ipaddress.ip_address(parts.hostname)
+    return checked_address(url, schemes=(urlsplit(url).scheme,))[0]
+
+
+def checked_address(url: str, *, schemes: tuple[str, ...]) -> tuple[str, str]:
+    """(the canonical URL, "") for an address the server connects to, else ("", why not): one parse
+    for both, as every state report checks two addresses."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port  # raises ValueError for a port that is not a number in range
+    except ValueError:
+        return "", "is not a valid URL"
+    if parts.scheme not in schemes:
+        return "", f"must be an {' or '.join(schemes)} URL"
+    if parts.username is not None or parts.password is not None:
+        return "", "must not carry credentials"
+    try:
+        ip = ipaddress.ip_address(parts.hostname or "")
+    except ValueError:
+        return "", "must name the device by its IP address, not a host name"
+    if getattr(ip, "scope_id", None):
+        return "", "must not carry an IPv6 zone"
+    if not any(ip in network for network in allowed_networks()):
+        return "", f"{ip} is outside the networks the server connects to (DEVICE_ALLOWED_NETWORKS)"
     host = f"[{ip}]" if ip.version == 6 else str(ip)
-    netloc = f"{host}:{parts.port}" if parts.port is not None else host
-    return urlunsplit((parts.scheme, netloc, parts.path.rstrip("/"), "", ""))
+    netloc = f"{host}:{port}" if port is not None else host
+    return urlunsplit((parts.scheme, netloc, parts.path.rstrip("/"), "", "")), ""

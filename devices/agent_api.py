@@ -9,7 +9,6 @@ import json
 import re
 from datetime import timedelta
 from functools import wraps
-from urllib.parse import urlsplit
 
 from django.conf import settings
 from django.http import HttpResponse, JsonResponse
@@ -17,8 +16,8 @@ from django.utils import timezone
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_http_methods
 
-from devices import ingest, services
-from devices.addresses import address_refusal, canonical_address
+from devices import ingest, services, targets
+from devices.addresses import checked_address
 from devices.keys import push_secret_for
 from devices.models import ActionDelivery, AgentStatus, Device
 from devices.services import AgentError
@@ -126,13 +125,12 @@ def _device_url(value, *, schemes: tuple[str, ...]) -> str:
     if value is None or value == "":
         return ""
     value = _string(value, 200)
-    refusal = address_refusal(value, schemes=schemes)
+    canonical, refusal = checked_address(value, schemes=schemes)
     if refusal:
         raise Invalid(refusal)
-    parts = urlsplit(value)
-    if parts.query or parts.fragment:
+    if "?" in value or "#" in value:
         raise Invalid("must not have a query or fragment")
-    return canonical_address(value)
+    return canonical
 
 
 def _services(value) -> list:
@@ -275,6 +273,7 @@ def report_state(request, identity):
 @device_endpoint
 @require_http_methods(["GET"])
 def target_state(request, identity):
+    epoch = targets.epoch()  # before the read: see devices.targets
     device = (
         Device.objects.select_related("fleet", "device_type", "fleet__target_release")
         .filter(pk=identity.id)
@@ -286,6 +285,7 @@ def target_state(request, identity):
         raise AgentError(401, "invalid_api_key", "Unknown api key, or the device was deleted.")
     target = services.device_target_state(device)
     etag = services.target_etag(target)
+    targets.remember(device.pk, epoch, etag)
     if request.headers.get("If-None-Match") == etag:
         response = HttpResponse(status=304)
     else:

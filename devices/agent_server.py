@@ -10,8 +10,11 @@ together with every other report that arrived meanwhile, in one script call
 the same way (`ingest.results_script`) when Redis knows the delivery was pushed to that device
 (`ingest.remember_sent`): the view's database read is not needed then.
 
-Everything else (registration, the target-state poll, any report or result the fast path does not
-take: unknown or wrong key, invalid fields, a delivery Redis does not know, Redis unavailable) goes,
+A target poll with the ETag the device was last answered is answered 304 the same way
+(`targets`: the ETag the view remembered, while nothing a target is built from has changed).
+
+Everything else (registration, a target poll the fast path does not answer, any report or result it
+does not take: unknown or wrong key, invalid fields, a delivery Redis does not know, Redis unavailable) goes,
 body included, to Django's WSGI application in a thread pool, so every other answer and rule stays
 the views' own.
 
@@ -34,7 +37,7 @@ import redis.asyncio as aioredis
 from django.conf import settings
 from redis.exceptions import RedisError
 
-from devices import ingest
+from devices import ingest, targets
 from devices.agent_wsgi import AgentReportFastPath
 
 log = logging.getLogger(__name__)
@@ -111,9 +114,16 @@ class AgentServer:
             settings.REDIS_URL, socket_connect_timeout=2, socket_timeout=5, max_connections=16
         )
         self.reports = ScriptBatcher(
-            ingest.report_script(self.redis), prefix=[ingest.IDENTITY_TTL_S], suffix_keys=[ingest.DIRTY]
+            ingest.report_script(self.redis),
+            prefix=ingest.report_script_prefix(),
+            suffix_keys=[ingest.DIRTY, ingest.URGENT],
         )
         self.results = ScriptBatcher(ingest.results_script(self.redis), prefix=[ingest.RESULTS_MAXLEN])
+        self.polls = ScriptBatcher(
+            targets.not_modified_script(self.redis),
+            prefix=[ingest.IDENTITY_TTL_S],
+            suffix_keys=[targets.EPOCH],
+        )
         self.connections: set[AgentConnection] = set()
         self.requests = 0
 
@@ -159,10 +169,17 @@ class AgentServer:
             if report is not None:
                 key_hash, fields, now = report
                 answer = await self.reports.submit(
-                    ingest._identity_key(key_hash), (ingest.encode_report(fields, now),)
+                    ingest._identity_key(key_hash), ingest.report_args(fields, now)
                 )
                 if answer and ingest.identity_from_answer(answer) is not None:
                     return response(204, self.fast_path.headers(environ), b"", request.keep_alive)
+        elif self.fast_path.takes_target(environ):
+            poll = self.fast_path.target(environ)
+            if poll is not None:
+                key_hash, etag = poll
+                if await self.polls.submit(ingest._identity_key(key_hash), (etag,)) == 1:
+                    headers = self.fast_path.not_modified_headers(environ, etag)
+                    return response(304, headers, b"", request.keep_alive)
         elif self.fast_path.takes_result(environ):
             result = self.fast_path.result(environ, environ["wsgi.input"].getvalue())
             if result is not None:
@@ -251,7 +268,9 @@ class AgentConnection(asyncio.Protocol):
         self.current: Request | None = None
         self.queue: asyncio.Queue[Request] = asyncio.Queue()
         self.worker: asyncio.Task | None = None
+        self.loop = asyncio.get_running_loop()
         self.idle_timer: asyncio.TimerHandle | None = None
+        self.last_active = self.loop.time()
         self.busy = False
         self.closing = False
 
@@ -261,8 +280,8 @@ class AgentConnection(asyncio.Protocol):
         self.transport = transport
         self.peer = transport.get_extra_info("peername")
         self.server.connections.add(self)
-        self.worker = asyncio.get_running_loop().create_task(self._answer_in_order())
-        self._reset_idle_timer()
+        self.worker = self.loop.create_task(self._answer_in_order())
+        self.idle_timer = self.loop.call_later(self.server.keep_alive_s, self._idle)
 
     def connection_lost(self, exc) -> None:
         self.server.connections.discard(self)
@@ -273,7 +292,7 @@ class AgentConnection(asyncio.Protocol):
             self.worker.cancel()
 
     def data_received(self, data: bytes) -> None:
-        self._reset_idle_timer()
+        self.last_active = self.loop.time()  # read by _idle: no timer is moved per read
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -332,6 +351,7 @@ class AgentConnection(asyncio.Protocol):
             if self.transport.is_closing():
                 return
             self.transport.write(data)
+            self.last_active = self.loop.time()
             if not request.keep_alive:
                 self.closing = True
                 self.transport.close()
@@ -346,14 +366,12 @@ class AgentConnection(asyncio.Protocol):
         self.transport.write(_error(status))
         self.transport.close()
 
-    def _reset_idle_timer(self) -> None:
-        if self.idle_timer is not None:
-            self.idle_timer.cancel()
-        self.idle_timer = asyncio.get_running_loop().call_later(self.server.keep_alive_s, self._idle)
-
     def _idle(self) -> None:
-        if self.busy or not self.queue.empty():
-            self._reset_idle_timer()
+        """Close a connection quiet for keep_alive_s; else look again when it could be."""
+        quiet_s = self.loop.time() - self.last_active
+        if self.busy or not self.queue.empty() or quiet_s < self.server.keep_alive_s:
+            wait_s = self.server.keep_alive_s - (0 if self.busy else quiet_s)
+            self.idle_timer = self.loop.call_later(max(wait_s, 0.1), self._idle)
             return
         self.closing = True
         self.transport.close()

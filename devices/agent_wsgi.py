@@ -9,7 +9,8 @@ answers it with the same validation (`agent_api.clean_report`), one Redis round 
 Everything else (another path or method, a host Django would refuse, a public device URL host, a
 missing, unknown or revoked key, a body that is too large, not JSON or has invalid fields, Redis
 unavailable) goes on to Django unchanged, body included, so every error answer and every rule
-stays the view's own.
+stays the view's own. A target poll with an unchanged ETag is answered 304 the same way
+(devices.targets).
 """
 
 import io
@@ -21,13 +22,14 @@ from django.http.request import split_domain_port, validate_host
 from django.utils import timezone
 from redis.exceptions import RedisError
 
-from devices import ingest, public_url
+from devices import ingest, public_url, targets
 from devices.agent_api import MAX_BODY, clean_report, clean_result
 from devices.keys import hash_secret
 from devices.services import AgentError
 from devices.services.engine import parse_delivery_key
 
 PATH = "/api/v1/device/state"
+TARGET_PATH = "/api/v1/device/target"
 RESULT_PATH = "/api/v1/device/actions/result"
 
 
@@ -37,6 +39,12 @@ class AgentReportFastPath:
         self.public_host = public_url.host_pattern()
 
     def __call__(self, environ, start_response):
+        if self.takes_target(environ):
+            poll = self.target(environ)
+            if poll is not None and targets.not_modified(*poll):
+                start_response("304 Not Modified", self.not_modified_headers(environ, poll[1]))
+                return [b""]
+            return self.app(environ, start_response)
         if not self.takes(environ):
             return self.app(environ, start_response)
         body = environ["wsgi.input"].read(int(environ["CONTENT_LENGTH"]))
@@ -65,6 +73,30 @@ class AgentReportFastPath:
             0 < length <= MAX_BODY and self._host_allowed(environ) and not self._redirects_to_https(environ)
         )
 
+    def takes_target(self, environ) -> bool:
+        """Whether the request is a target poll with an ETag, which may be answered 304 from Redis
+        (devices.targets); anything more unusual (a query string, a body) is the view's."""
+        return (
+            environ.get("PATH_INFO") == TARGET_PATH
+            and environ.get("REQUEST_METHOD") == "GET"
+            and bool(environ.get("HTTP_IF_NONE_MATCH"))
+            and not environ.get("QUERY_STRING")
+            and environ.get("CONTENT_LENGTH", "") in ("", "0")
+            and self._host_allowed(environ)
+            and not self._redirects_to_https(environ)
+        )
+
+    def target(self, environ) -> tuple[str, str] | None:
+        """(api key hash, the ETag the agent has) of a poll with a bearer key, else None."""
+        token = self._bearer(environ)
+        if token is None:
+            return None
+        return hash_secret(token), environ["HTTP_IF_NONE_MATCH"].strip()
+
+    def not_modified_headers(self, environ, etag: str) -> list[tuple[str, str]]:
+        """The view's 304: its ETag, and the headers Django's middleware add."""
+        return [*self.headers(environ), ("ETag", etag)]
+
     def result(self, environ, body: bytes) -> tuple[str, int, int, str] | None:
         """(api key hash, action id, device id, stream entry) of a well-formed result, else None."""
         token, payload = self._bearer_and_json(environ, body)
@@ -78,10 +110,16 @@ class AgentReportFastPath:
         return hash_secret(token), action_id, device_id, ingest.result_entry(device_id, key, state, reason)
 
     @staticmethod
-    def _bearer_and_json(environ, body: bytes) -> tuple[str | None, dict]:
+    def _bearer(environ) -> str | None:
         scheme, _, token = environ.get("HTTP_AUTHORIZATION", "").partition(" ")
         token = token.strip()
         if scheme.lower() != "bearer" or not token:
+            return None
+        return token
+
+    def _bearer_and_json(self, environ, body: bytes) -> tuple[str | None, dict]:
+        token = self._bearer(environ)
+        if token is None:
             return None, {}
         try:
             payload = json.loads(body)

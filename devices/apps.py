@@ -8,8 +8,10 @@ class DevicesConfig(AppConfig):
     verbose_name = "Devices and actions"
 
     def ready(self):
+        from devices import targets
         from devices.models import Device
 
+        targets.connect()
         post_delete.connect(
             _forget_deleted_device_key, sender=Device, dispatch_uid="forget-deleted-device-key"
         )

@@ -27,6 +27,7 @@ from django.conf import settings
 from django.db import close_old_connections, connection, transaction
 from django.utils import timezone
 
+from devices import targets
 from devices.keys import hash_secret
 from devices.models import GOING_DOWN, ActionDelivery, DeliveryState, Device, online_cutoff
 from devices.versions import version_key
@@ -34,6 +35,7 @@ from devices.versions import version_key
 log = logging.getLogger(__name__)
 
 DIRTY = "agent:dirty"
+URGENT = "agent:urgent"  # dirty devices written first: see _seen_key
 RESULTS = "agent:results"  # a stream: a result stays until the flusher that read it has written it
 RESULTS_GROUP = "flushers"
 RESULTS_MAXLEN = 1_000_000
@@ -68,6 +70,15 @@ def _identity_key(key_hash: str) -> str:
 
 def _report_key(device_id: int) -> str:
     return f"agent:report:{device_id}"
+
+
+def _seen_key(device_id: int | str) -> str:
+    """A device's last reported status, kept for the offline threshold after its last report. A
+    report finding none (the device was silent long enough to look offline, or never reported) or
+    another status (rebooting, updating, back from a reboot) makes the device urgent: the flusher
+    writes urgent devices before the rest of a backlog, so "online" and status changes show on the
+    pages at once however many heartbeats wait."""
+    return f"agent:seen:{device_id}"
 
 
 # --- Who is calling --------------------------------------------------------------------------------
@@ -136,30 +147,43 @@ def buffer_report(device_id: int, fields: dict, now: datetime) -> None:
         mapping={name: _encode(v) for name, v in (fields | {"last_seen_at": now}).items()},
     )
     pipe.sadd(DIRTY, device_id)
+    # The view takes the reports the fast path cannot: mostly a device's first after a long silence.
+    pipe.sadd(URGENT, device_id)
+    pipe.set(_seen_key(device_id), str(fields.get("agent_status", "")), ex=settings.DEVICE_OFFLINE_AFTER_S)
     pipe.execute()
 
 
 # Reports from devices whose api keys are in the identity cache, any number in one round trip and one
 # script: for each, look the key up (and keep it cached for IDENTITY_TTL_S more: a device that keeps
 # reporting is never read from the database again; a deleted one is forgotten at once, see
-# forget_api_keys), merge the fields into the device's pending report, mark it dirty. KEYS: the
-# identity key of each report, then the dirty set; ARGV: the identity TTL, then each report's fields. For
-# each report the script answers the cached identity ("<id>|<uuid>"), "-" for a key known to be
-# wrong, or "" when the key is not cached (then nothing was written for it and the caller takes the
-# full path, which reads the database). The report key is derived inside the script: fine on one
-# Redis server, not on a Redis Cluster.
+# forget_api_keys), merge the fields into the device's pending report, mark it dirty, and mark it
+# urgent too when a page would show the difference at once (see `_seen_key`). KEYS: the identity key of
+# each report, then the dirty and the urgent set; ARGV: the identity TTL, how long a device's last
+# status is remembered, then each report's fields and status. For each report the script answers the
+# cached identity ("<id>|<uuid>"), "-" for a key known to be wrong, or "" when the key is not cached
+# (then nothing was written for it and the caller takes the full path, which reads the database). The
+# report and seen keys are derived inside the script: fine on one Redis server, not on a Redis Cluster.
 _REPORTS_BY_KEY = f"""
-local dirty = KEYS[#KEYS]
+local dirty, urgent = KEYS[#KEYS - 1], KEYS[#KEYS]
 local answers = {{}}
-for i = 1, #KEYS - 1 do
+for i = 1, #KEYS - 2 do
   local identity = redis.call('GET', KEYS[i])
   if identity and identity ~= '-' then
     redis.call('EXPIRE', KEYS[i], ARGV[1])
     local id = string.match(identity, '^(%d+)|')
     local fields = {{}}
-    for part in string.gmatch(ARGV[i + 1], '[^\\31]+') do fields[#fields + 1] = part end
+    for part in string.gmatch(ARGV[2 * i + 1], '[^\\31]+') do fields[#fields + 1] = part end
     redis.call('HSET', '{_report_key("")}' .. id, unpack(fields))
     redis.call('SADD', dirty, id)
+    local status, seen = ARGV[2 * i + 2], '{_seen_key("")}' .. id
+    if status == '' then  -- a report without a status: only whether the device was silent counts
+      if redis.call('EXPIRE', seen, ARGV[2]) == 0 then
+        redis.call('SET', seen, '', 'EX', ARGV[2])
+        redis.call('SADD', urgent, id)
+      end
+    elseif redis.call('SET', seen, status, 'EX', ARGV[2], 'GET') ~= status then
+      redis.call('SADD', urgent, id)
+    end
   end
   answers[i] = identity or ''
 end
@@ -176,11 +200,16 @@ def report_script(client: redis.Redis):
     return client.register_script(_REPORTS_BY_KEY)
 
 
-def encode_report(fields: dict, now: datetime) -> str:
-    """A validated report as the script's argument."""
-    return _SEPARATOR.join(
+def report_args(fields: dict, now: datetime) -> tuple[str, str]:
+    """A validated report as the script's arguments: its fields, its status."""
+    encoded = _SEPARATOR.join(
         f"{name}{_SEPARATOR}{_encode(value)}" for name, value in (fields | {"last_seen_at": now}).items()
     )
+    return encoded, str(fields.get("agent_status", ""))
+
+
+def report_script_prefix() -> list:
+    return [IDENTITY_TTL_S, settings.DEVICE_OFFLINE_AFTER_S]
 
 
 def identity_from_answer(answer: bytes) -> AgentIdentity | None:
@@ -198,7 +227,8 @@ def buffer_report_by_key(key_hash: str, fields: dict, now: datetime) -> AgentIde
     if script is None:
         script = _scripts[settings.REDIS_URL] = report_script(r)
     (answer,) = script(
-        keys=[_identity_key(key_hash), DIRTY], args=[IDENTITY_TTL_S, encode_report(fields, now)]
+        keys=[_identity_key(key_hash), DIRTY, URGENT],
+        args=[*report_script_prefix(), *report_args(fields, now)],
     )
     return identity_from_answer(answer)
 
@@ -271,18 +301,13 @@ def flush(limit: int = FLUSH_BATCH) -> FlushStats:
     started = time.monotonic()
     r = redis_client()
     stats = FlushStats()
-    device_ids = [int(i) for i in r.spop(DIRTY, limit) or []]
+    urgent = r.spop(URGENT, limit) or []
+    dirty = r.spop(DIRTY, limit - len(urgent)) if len(urgent) < limit else []
+    device_ids = list(dict.fromkeys(int(i) for i in [*urgent, *(dirty or [])]))
     if device_ids:
-        pipe = r.pipeline(transaction=True)  # read and delete together: a report arriving now starts afresh
-        for device_id in device_ids:
-            pipe.hgetall(_report_key(device_id))
-            pipe.delete(_report_key(device_id))
-        replies = pipe.execute()
-        raw_reports = {device_id: raw for device_id, raw in zip(device_ids, replies[::2], strict=True) if raw}
-        reports = {
-            device_id: {k.decode(): json.loads(v) for k, v in raw.items()}
-            for device_id, raw in raw_reports.items()
-        }
+        taken = _take_script(r)(args=device_ids)  # read and delete together: a report arriving now starts afresh
+        raw_reports = {device_id: raw for device_id, raw in zip(device_ids, taken, strict=True) if raw}
+        reports = {device_id: json.loads(raw) for device_id, raw in raw_reports.items()}
         try:
             apply_reports(reports)
         except Exception:
@@ -294,17 +319,46 @@ def flush(limit: int = FLUSH_BATCH) -> FlushStats:
     return stats
 
 
-def _rebuffer(r: redis.Redis, raw_reports: dict[int, dict[bytes, bytes]]) -> None:
+def _rebuffer(r: redis.Redis, raw_reports: dict[int, bytes]) -> None:
     """Put back reports a failed flush had taken (a database error): merged under what the devices
     reported since (HSETNX: a newer field wins), and marked dirty again."""
     if not raw_reports:
         return
     pipe = r.pipeline(transaction=False)
     for device_id, raw in raw_reports.items():
-        for name, value in raw.items():
-            pipe.hsetnx(_report_key(device_id), name, value)
+        for name, value in json.loads(raw).items():
+            pipe.hsetnx(_report_key(device_id), name, json.dumps(value))
     pipe.sadd(DIRTY, *raw_reports)
     pipe.execute()
+
+
+# Take the pending reports of the devices in ARGV: each device's hash is deleted and answered as one
+# JSON object ("" when it has none), built from the JSON values it holds (see _encode). One string a
+# device rather than thirty array items, and one json.loads: a flush of 5,000 devices spends most of
+# its time parsing otherwise.
+_TAKE_REPORTS = f"""
+local taken = {{}}
+for i, id in ipairs(ARGV) do
+  local key = '{_report_key("")}' .. id
+  local flat = redis.call('HGETALL', key)
+  if #flat > 0 then
+    local parts = {{}}
+    for j = 1, #flat, 2 do parts[#parts + 1] = '"' .. flat[j] .. '":' .. flat[j + 1] end
+    redis.call('DEL', key)
+    taken[i] = '{{' .. table.concat(parts, ',') .. '}}'
+  else
+    taken[i] = ''
+  end
+end
+return taken
+"""
+
+
+def _take_script(r: redis.Redis):
+    script = _scripts.get(f"take:{settings.REDIS_URL}")
+    if script is None:
+        script = _scripts[f"take:{settings.REDIS_URL}"] = r.register_script(_TAKE_REPORTS)
+    return script
 
 
 _consumer = f"{socket.gethostname()}-{os.getpid()}"
@@ -444,6 +498,8 @@ def apply_reports(reports: dict[int, dict]) -> None:
                 action_record_update_blocked(device_id, detail)
         if updated:
             from devices.services.engine import action_record_update_done
+
+            targets.changed()  # their target_os_version was cleared above, by raw SQL
 
             for device_id, version in updated:
                 action_record_update_done(device_id, f"Now running {version}")

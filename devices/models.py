@@ -4,6 +4,7 @@ from django.conf import settings
 from django.db import models
 from django.utils import timezone
 
+from devices.targets import DEVICE_FIELDS, TargetAwareQuerySet
 from devices.versions import AGENT_API_MIN
 
 
@@ -67,6 +68,10 @@ def online_cutoff(now=None):
     return (now or timezone.now()) - timedelta(seconds=settings.DEVICE_OFFLINE_AFTER_S)
 
 
+class DeviceQuerySet(TargetAwareQuerySet, models.QuerySet):
+    target_fields = DEVICE_FIELDS
+
+
 class Device(models.Model):
     uuid = models.CharField(max_length=32, unique=True)
     name = models.CharField(max_length=100)
@@ -107,6 +112,8 @@ class Device(models.Model):
     support_access_until = models.DateTimeField(null=True, blank=True)
     api_key_hash = models.CharField(max_length=64, unique=True)
     registered_at = models.DateTimeField(default=timezone.now)
+
+    objects = DeviceQuerySet.as_manager()
 
     class Meta:
         ordering = ["name", "id"]

@@ -1,6 +1,7 @@
 """Semantic versions of host OS and agent, stored beside an integer key for range queries."""
 
 import re
+from functools import lru_cache
 
 _VERSION = re.compile(r"^v?(\d{1,3})\.(\d{1,3})\.(\d{1,3})(?:[-+][0-9A-Za-z.+-]*)?$")
 
@@ -9,6 +10,7 @@ class InvalidVersion(ValueError):
     pass
 
 
+@lru_cache(maxsize=4096)  # a fleet runs a few versions, and every report carries two
 def version_key(version: str) -> int:
     """'2.12.0' -> 2012000; sortable and indexable, so "older than" is an integer comparison."""
     match = _VERSION.match(version.strip())

@@ -3,6 +3,8 @@ from django.db import models
 from django.db.models.functions import Lower
 from guardian.models import GroupObjectPermissionBase, UserObjectPermissionBase
 
+from devices.targets import FLEET_FIELDS, TargetAwareQuerySet
+
 
 class Organization(models.Model):
     name = models.CharField(max_length=100, unique=True)
@@ -87,6 +89,10 @@ ROLE_PERMISSION = {
 }
 
 
+class FleetQuerySet(TargetAwareQuerySet, models.QuerySet):
+    target_fields = FLEET_FIELDS
+
+
 class Fleet(models.Model):
     organization = models.ForeignKey(Organization, on_delete=models.PROTECT, related_name="fleets")
     name = models.CharField(max_length=100)
@@ -97,6 +103,8 @@ class Fleet(models.Model):
     )
     support_access_until = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
+
+    objects = FleetQuerySet.as_manager()
 
     class Meta:
         ordering = ["name"]

@@ -10,6 +10,7 @@ from django.core.handlers.wsgi import WSGIHandler
 from django.core.signals import request_finished, request_started
 from django.db import close_old_connections
 from django.test import override_settings
+from django.utils import timezone
 
 from devices import ingest
 from devices.agent_wsgi import AgentReportFastPath
@@ -17,7 +18,7 @@ from devices.keys import hash_secret
 from devices.models import Device
 from devices.services.device_actions import delete_devices
 from tests.devices.test_agent_api import STATE, auth, registered  # noqa: F401 (fixture)
-from tests.factories import make_fleet
+from tests.factories import make_device, make_fleet
 
 pytestmark = pytest.mark.django_db
 
@@ -44,7 +45,7 @@ class Recorder:
         return self.django(environ, start_response)
 
 
-def call(app, key, body, *, method="PATCH", path=STATE, host="127.0.0.1:8000"):
+def call(app, key, body, *, method="PATCH", path=STATE, host="127.0.0.1:8000", headers=None):
     body = body if isinstance(body, bytes) else json.dumps(body).encode()
     environ = {
         "REQUEST_METHOD": method, "PATH_INFO": path, "SERVER_NAME": "127.0.0.1", "SERVER_PORT": "8000",
@@ -54,6 +55,7 @@ def call(app, key, body, *, method="PATCH", path=STATE, host="127.0.0.1:8000"):
     }  # fmt: skip
     if key:
         environ["HTTP_AUTHORIZATION"] = auth(key)["HTTP_AUTHORIZATION"]
+    environ.update(headers or {})
     answer = {}
 
     def start_response(status, headers, exc_info=None):
@@ -191,3 +193,59 @@ def test_http_is_redirected_by_django_when_https_is_required(registered):  # noq
         call(app, key, {})
         status, _, _ = call(app, key, REPORT)
     assert status == 301 and app.app.calls == 2
+
+
+class TestDevicesComingBackFirst:
+    """The flusher writes devices whose pages would change at once (back after a silence, another
+    status) before the heartbeats of a backlog."""
+
+    def report(self, devices, **changes):
+        now = timezone.now()
+        for _, key in devices:
+            ingest.buffer_report_by_key(hash_secret(key), {"agent_status": "idle"} | changes, now)
+
+    @pytest.fixture
+    def devices(self, fleet):
+        pairs = []
+        for n in range(6):
+            key = f"key-{n}-" + "x" * 20
+            device = make_device(fleet, api_key=key, online=False)
+            ingest.remember_identity(hash_secret(key), (device.pk, device.uuid))
+            pairs.append((device, key))
+        return pairs
+
+    def test_heartbeats_wait_and_devices_back_or_changing_go_first(self, devices):
+        r = ingest.redis_client()
+        self.report(devices)  # every first report is urgent: these devices were offline
+        assert r.scard(ingest.URGENT) == len(devices)
+        ingest.flush()
+        assert all(device.is_online for device in Device.objects.filter(pk__in=[d.pk for d, _ in devices]))
+
+        self.report(devices)  # heartbeats, same status: not urgent
+        assert r.scard(ingest.URGENT) == 0 and r.scard(ingest.DIRTY) == len(devices)
+        (back, _), (rebooting, _) = devices[0], devices[1]
+        r.delete(ingest._seen_key(back.pk))  # silent for the offline threshold: what expiry does
+        self.report(devices[:1])
+        self.report([devices[1]], agent_status="rebooting")
+        assert {int(i) for i in r.smembers(ingest.URGENT)} == {back.pk, rebooting.pk}
+
+        ingest.flush(limit=2)  # the two urgent ones, before four heartbeats
+        assert Device.objects.get(pk=rebooting.pk).agent_status == "rebooting"
+        waiting = [device.pk for device, _ in devices if r.exists(ingest._report_key(device.pk))]
+        assert waiting == [device.pk for device, _ in devices[2:]]
+        self.report([devices[1]], agent_status="rebooting")  # the same status again: a heartbeat
+        assert r.scard(ingest.URGENT) == 0
+
+    def test_a_report_without_a_status_counts_only_the_silence(self, devices):
+        r = ingest.redis_client()
+        now = timezone.now()
+        (device, key), *_ = devices
+        ingest.buffer_report_by_key(hash_secret(key), {"uptime_s": 5}, now)
+        assert r.sismember(ingest.URGENT, device.pk)  # never seen: back
+        ingest.flush()
+        ingest.buffer_report_by_key(hash_secret(key), {"uptime_s": 6}, now)
+        self.report(devices[:1])
+        assert r.scard(ingest.URGENT) == 1  # "" then "idle": the status is new to what was seen
+        ingest.flush()
+        ingest.buffer_report_by_key(hash_secret(key), {"uptime_s": 7}, now)
+        assert r.scard(ingest.URGENT) == 0

@@ -110,14 +110,18 @@ def test_bad_reports_get_the_views_answers_and_change_nothing(agent_server, flee
     assert Device.objects.get(uuid=uuid).agent_version == "1.5.0"  # only the one good report
 
 
-def test_the_target_poll_goes_through_django_with_its_etag(agent_server, fleet):
-    _, key = register(agent_server, fleet)
+def test_a_target_poll_is_answered_304_until_the_target_changes(agent_server, fleet):
+    uuid, key = register(agent_server, fleet)
     status, headers, body = request(agent_server, "GET", "/api/v1/device/target", key=key)
     assert status == 200 and json.loads(body)["fleet"]["id"] == fleet.pk
-    status, _, body = request(
-        agent_server, "GET", "/api/v1/device/target", key=key, headers={"If-None-Match": headers["ETag"]}
-    )
-    assert (status, body) == (304, b"")
+    etag = {"If-None-Match": headers["ETag"]}
+    for _ in range(2):  # the view remembered the ETag: the server answers the second from Redis
+        status, not_modified, body = request(agent_server, "GET", "/api/v1/device/target", key=key, headers=etag)
+        assert (status, body, not_modified["ETag"]) == (304, b"", headers["ETag"])
+        assert not_modified["X-Content-Type-Options"] == "nosniff"
+    Device.objects.filter(uuid=uuid).update(name="renamed")  # in this process, on the same Redis
+    status, _, body = request(agent_server, "GET", "/api/v1/device/target", key=key, headers=etag)
+    assert status == 200 and json.loads(body)["name"] == "renamed"
 
 
 def test_requests_on_one_connection_are_answered_in_order(agent_server, fleet):
@@ -222,3 +226,52 @@ class TestResults:
         ingest.flush()
         theirs.refresh_from_db()
         assert theirs.state == "sent"
+
+
+class FakeTransport:
+    def __init__(self):
+        self.closed, self.written = False, b""
+
+    def get_extra_info(self, name):
+        return ("127.0.0.1", 5000)
+
+    def is_closing(self):
+        return self.closed
+
+    def write(self, data):
+        self.written += data
+
+    def close(self):
+        self.closed = True
+
+    def pause_reading(self):
+        pass
+
+    def resume_reading(self):
+        pass
+
+
+def test_a_connection_quiet_for_the_keep_alive_is_closed_and_an_active_one_is_not():
+    import asyncio
+
+    from devices.agent_server import AgentConnection, AgentServer
+
+    async def scenario():
+        server = AgentServer(host="127.0.0.1", port=0, threads=1, keep_alive_s=0.5)
+        quiet, active = AgentConnection(server), AgentConnection(server)
+        quiet.connection_made(FakeTransport())
+        active.connection_made(FakeTransport())
+        active.data_received(b"GET /api/v1/device/target HTTP/1.1\r\n")
+        for _ in range(8):  # a header every 0.1 s: never quiet for 0.5 s
+            await asyncio.sleep(0.1)
+            active.data_received(b"X-Slow: 1\r\n")
+        states = quiet.transport.closed, active.transport.closed
+        await asyncio.sleep(0.8)
+        states += (active.transport.closed,)
+        for connection in (quiet, active):
+            connection.connection_lost(None)
+        await server.redis.aclose()
+        server.pool.shutdown()
+        return states
+
+    assert asyncio.run(scenario()) == (True, False, True)

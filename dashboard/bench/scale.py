@@ -222,6 +222,35 @@ def seed_identity_cache(plan: Plan) -> None:
     pipe.execute()
 
 
+def seed_target_cache(plan: Plan) -> None:
+    """What a fleet that has run for one poll interval has: every agent holds its target's ETag (in
+    its state file) and the view has remembered it (devices.targets), so a poll that finds nothing
+    changed is answered 304 without the database, as it would be after the devices' first polls."""
+    from devices import targets
+    from devices.services import device_target_state, target_etag
+
+    epoch = targets.epoch()
+    devices = Device.objects.filter(fleet=plan.fleet.fleet).select_related(
+        "fleet", "device_type", "fleet__target_release"
+    )
+    etags = {
+        device.uuid: (device.pk, target_etag(device_target_state(device))) for device in devices.iterator()
+    }
+    r = ingest.redis_client()
+    pipe = r.pipeline(transaction=False)
+    for n, (device_id, etag) in enumerate(etags.values()):
+        pipe.set(targets._target_key(device_id), f"{epoch}|{etag}", ex=targets.CACHE_TTL_S)
+        if n % 5000 == 4999:
+            pipe.execute()
+    pipe.execute()
+    for _, path, _ in plan.fleet.shards:
+        state = json.loads(path.read_text())
+        for item in state["devices"]:
+            if item["uuid"] in etags:
+                item["etag"] = etags[item["uuid"]][1]
+        path.write_text(json.dumps(state))
+
+
 def write_agent_files(plan: Plan) -> tuple[Path, Path]:
     """The api keys of every simulated device and one device's real report body, for the generator."""
     keys, body = plan.run_dir / "keys.txt", plan.run_dir / "report.json"

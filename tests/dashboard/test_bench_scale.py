@@ -53,3 +53,25 @@ def test_the_table_names_each_figure_with_its_key():
         "100k",
     )
     assert "state_reports.per_s" in text and "2,500.5" in text and "restart_fleet.end_to_end_s.100k" in text
+
+
+def test_the_seeded_target_cache_answers_the_agents_polls_as_after_their_first(tmp_path):
+    from types import SimpleNamespace
+
+    from dashboard.bench.scale import seed_target_cache
+    from devices.agent_wsgi import TARGET_PATH, AgentReportFastPath
+    from devices.simulator.model import VirtualDevice
+    from tests.devices.test_agent_fast_path import Recorder, call
+
+    fleet = provision(4, processes=1, state_dir=tmp_path, server_url="http://x", first_port=1)
+    seed_target_cache(SimpleNamespace(fleet=fleet))
+    item = json.loads(fleet.shards[0][1].read_text())["devices"][0]
+    device = VirtualDevice.from_state(item)
+    assert device.etag
+    ingest.remember_identity(
+        hash_secret(device.api_key), (Device.objects.get(uuid=device.uuid).pk, device.uuid)
+    )
+    app = AgentReportFastPath(Recorder())
+    status, headers, _ = call(app, device.api_key, b"", method="GET", path=TARGET_PATH,
+                              headers={"HTTP_IF_NONE_MATCH": device.etag})  # fmt: skip
+    assert (status, headers["ETag"], app.app.calls) == (304, device.etag, 0)

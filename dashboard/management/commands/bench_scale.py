@@ -241,6 +241,7 @@ class Command(BaseCommand):
             log("Starting gunicorn, the flusher and a Celery worker with beat")
             scale.start_server_side(plan)
             scale.seed_identity_cache(plan)
+            scale.seed_target_cache(plan)
             cookies = scale.session_cookies(fleet.operator, max(1, options["users"]))
             if not options["skip_ingest"]:
                 log("1. Ingestion, server alone")

@@ -18,8 +18,8 @@ again before every connection, since the setting may have narrowed after an addr
 """
 
 import ipaddress
-from functools import cache
-from urllib.parse import urlsplit, urlunsplit
+from functools import cache, lru_cache
+from urllib.parse import SplitResult, urlsplit, urlunsplit
 
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
@@ -55,10 +55,27 @@ def checked_address(url: str, *, schemes: tuple[str, ...]) -> tuple[str, str]:
     for both, as every state report checks two addresses."""
     try:
         parts = urlsplit(url)
+    except ValueError:
+        return "", "is not a valid URL"
+    netloc, refusal = _checked_netloc(
+        parts.scheme, parts.netloc, tuple(schemes), tuple(settings.DEVICE_ALLOWED_NETWORKS)
+    )
+    if refusal:
+        return "", refusal
+    return urlunsplit((parts.scheme, netloc, parts.path.rstrip("/"), "", "")), ""
+
+
+@lru_cache(maxsize=4096)
+def _checked_netloc(scheme: str, netloc: str, schemes: tuple[str, ...], networks: tuple[str, ...]):
+    """(the canonical host and port, "") or ("", why not). Everything but the path depends on these
+    alone: remembered for the many devices behind one address (a gateway, the simulator) and for
+    every report of a device whose address does not change."""
+    parts = SplitResult(scheme, netloc, "", "", "")
+    try:
         port = parts.port  # raises ValueError for a port that is not a number in range
     except ValueError:
         return "", "is not a valid URL"
-    if parts.scheme not in schemes:
+    if scheme not in schemes:
         return "", f"must be an {' or '.join(schemes)} URL"
     if parts.username is not None or parts.password is not None:
         return "", "must not carry credentials"
@@ -68,8 +85,7 @@ def checked_address(url: str, *, schemes: tuple[str, ...]) -> tuple[str, str]:
         return "", "must name the device by its IP address, not a host name"
     if getattr(ip, "scope_id", None):
         return "", "must not carry an IPv6 zone"
-    if not any(ip in network for network in allowed_networks()):
+    if not any(ip in network for network in _networks(networks)):
         return "", f"{ip} is outside the networks the server connects to (DEVICE_ALLOWED_NETWORKS)"
     host = f"[{ip}]" if ip.version == 6 else str(ip)
-    netloc = f"{host}:{port}" if port is not None else host
-    return urlunsplit((parts.scheme, netloc, parts.path.rstrip("/"), "", "")), ""
+    return (f"{host}:{port}" if port is not None else host), ""

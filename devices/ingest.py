@@ -136,7 +136,24 @@ def forget_api_keys(key_hashes) -> None:
 
 
 def _encode(value) -> str:
-    return json.dumps(value.isoformat() if isinstance(value, datetime) else value)
+    """`value` as JSON, exactly as json.dumps writes it. The scalars a report is mostly made of are
+    written directly (json.dumps's own C string encoder for strings): 5,000 reports a second with
+    fifteen fields each make json.dumps's per-call overhead a tenth of the agent API server's time."""
+    kind = type(value)
+    if kind is str:
+        return _encode_string(value)
+    if kind is bool:
+        return "true" if value else "false"
+    if kind is int:
+        return int.__repr__(value)
+    if value is None:
+        return "null"
+    if isinstance(value, datetime):
+        return _encode_string(value.isoformat())
+    return json.dumps(value)
+
+
+_encode_string = json.encoder.encode_basestring_ascii
 
 
 def buffer_report(device_id: int, fields: dict, now: datetime) -> None:

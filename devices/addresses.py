@@ -18,8 +18,8 @@ again before every connection, since the setting may have narrowed after an addr
 """
 
 import ipaddress
-from functools import cache
-from urllib.parse import urlsplit, urlunsplit
+from functools import cache, lru_cache
+from urllib.parse import SplitResult, urlsplit, urlunsplit
 
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
@@ -43,6 +43,19 @@ def address_refusal(url: str, *, schemes: tuple[str, ...] = ("http",)) -> str:
     """Why the server will not connect to `url` ("" when it will)."""
     try:
         parts = urlsplit(url)
+    except ValueError:
+        return "is not a valid URL"
+    # Everything below depends on the scheme and the netloc only: remembered for the addresses of
+    # many devices behind one gateway (and for every push of a fleet-wide action to the simulator).
+    return _netloc_refusal(
+        parts.scheme, parts.netloc, tuple(schemes), tuple(settings.DEVICE_ALLOWED_NETWORKS)
+    )
+
+
+@lru_cache(maxsize=4096)
+def _netloc_refusal(scheme: str, netloc: str, schemes: tuple[str, ...], networks: tuple[str, ...]) -> str:
+    parts = SplitResult(scheme, netloc, "", "", "")
+    try:
         parts.port  # noqa: B018 - raises ValueError for a port that is not a number in range
     except ValueError:
         return "is not a valid URL"
@@ -56,7 +69,7 @@ def address_refusal(url: str, *, schemes: tuple[str, ...] = ("http",)) -> str:
         return "must name the device by its IP address, not a host name"
     if getattr(ip, "scope_id", None):
         return "must not carry an IPv6 zone"
-    if not any(ip in network for network in allowed_networks()):
+    if not any(ip in network for network in _networks(networks)):
         return f"{ip} is outside the networks the server connects to (DEVICE_ALLOWED_NETWORKS)"
     return ""
 

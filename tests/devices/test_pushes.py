@@ -7,6 +7,7 @@ through a relay here that counts connections and requests and can break one. No 
 from __future__ import annotations
 
 import asyncio
+import json
 import secrets
 import ssl
 import subprocess
@@ -16,7 +17,9 @@ from dataclasses import dataclass, field
 import aiohttp
 import pytest
 from aiohttp import web
+from django.utils.crypto import salted_hmac
 
+from devices.addresses import address_refusal
 from devices.keys import push_secret_for, verify_push
 from devices.models import DeliveryState
 from devices.services import engine, pushes
@@ -410,3 +413,32 @@ def test_pushes_to_https_agent_addresses_are_verified_and_reuse_their_connection
         )
     finally:
         sim.call(runner.cleanup())
+
+
+def test_push_secrets_are_the_ones_agents_were_given_at_registration(settings):
+    """push_secret_for keys its HMAC once per SECRET_KEY: still salted_hmac's secret, for any key."""
+    for secret_key in ("first-secret-key", "ünïcode SECRET_KEY", "first-secret-key"):
+        settings.SECRET_KEY = secret_key
+        for uuid in ("0" * 32, secrets.token_hex(16)):
+            expected = salted_hmac(
+                "devices.agent-push", uuid, secret=secret_key, algorithm="sha256"
+            ).hexdigest()
+            assert push_secret_for(uuid) == expected
+
+
+def test_a_push_body_is_the_json_of_its_key_and_params():
+    for params in ({}, {"version": "5.1.20", "lock_override": True}):
+        key = engine.delivery_key(123456789012, 987654321)
+        assert (
+            engine._action_body(key, json.dumps(params).encode())
+            == json.dumps({"key": key, "params": params}).encode()
+        )
+
+
+def test_the_address_check_follows_the_setting_for_addresses_seen_before(settings):
+    url = f"http://10.1.2.3:48484/d/{secrets.token_hex(16)}"
+    assert address_refusal(url, schemes=("http", "https")) == ""
+    settings.DEVICE_ALLOWED_NETWORKS = ["192.168.0.0/16"]
+    assert "outside the networks" in address_refusal(url.replace("/d/", "/d/x"), schemes=("http", "https"))
+    assert address_refusal("https://10.1.2.3:48484/d/x", schemes=("http",)) == "must be an http URL"
+    assert address_refusal("http://10.1.2.3:99999/d/x") == "is not a valid URL"

@@ -18,7 +18,7 @@ with one `PushClients` kept on it:
 
 Neither has a connection limit or a session-wide timeout: aiohttp's `total` timeout counts the
 wait for a free pooled connection, so with a connector limit a batch with many hung agents would
-fail healthy ones that were never contacted. engine._push_slot bounds the requests in flight
+fail healthy ones that were never contacted. engine._PushSlot bounds the requests in flight
 instead, and starts each push's time limit when its request starts. A hung push holds its own
 connection (and nothing else) until its time limit closes it.
 """

@@ -36,8 +36,8 @@ import uvloop
 from aiohttp.client_proto import ResponseHandler
 from django.conf import settings
 
-# How long a pooled connection may wait for its next push (the next batch comes within
-# milliseconds during a fan-out), and how many may wait at once.
+# How long a pooled connection may wait for its next push (during a fan-out the next batch comes
+# within milliseconds); how many may wait at once is max_idle().
 KEEPALIVE_S = 5.0
 
 
@@ -145,14 +145,16 @@ class _PushLoop:
         self.pid = os.getpid()
         self.loop = uvloop.new_event_loop()
         self.clients: PushClients | None = None
+        self.closed = False
         self.thread = threading.Thread(target=self.loop.run_forever, name="agent-pushes", daemon=True)
         self.thread.start()
         atexit.register(self.close)
 
     def close(self, timeout: float = 2.0) -> None:
         """Close the pooled connections and stop the loop (at exit: no unclosed-session warnings)."""
-        if self.pid != os.getpid() or self.loop.is_closed():
+        if self.pid != os.getpid() or self.closed:
             return
+        self.closed = True
         if self.clients is not None:
             with contextlib.suppress(Exception):
                 asyncio.run_coroutine_threadsafe(self.clients.close(), self.loop).result(timeout)
@@ -169,15 +171,15 @@ def _the_loop() -> _PushLoop:
     global _push_loop
     with _push_loop_lock:
         # A forked child (a prefork Celery worker) has the parent's loop object but not its thread.
-        if _push_loop is None or _push_loop.pid != os.getpid():
+        if _push_loop is None or _push_loop.pid != os.getpid() or _push_loop.closed:
             _push_loop = _PushLoop()
         return _push_loop
 
 
 def run(coro):
-    """Run a batch of pushes on the process's push loop (uvloop: sockets and transports in C, about
-    half the CPU per request of asyncio's own loop) and wait for its result. Callable from any
-    thread; batches of several threads share the loop and its connection pool."""
+    """Run a batch of pushes on the process's push loop (uvloop: the loop, sockets and transports in
+    C) and wait for its result. Callable from any thread; batches of several threads share the
+    loop and its connection pool."""
     future = asyncio.run_coroutine_threadsafe(coro, _the_loop().loop)
     try:
         return future.result()

@@ -442,3 +442,12 @@ def test_the_address_check_follows_the_setting_for_addresses_seen_before(setting
     assert "outside the networks" in address_refusal(url.replace("/d/", "/d/x"), schemes=("http", "https"))
     assert address_refusal("https://10.1.2.3:48484/d/x", schemes=("http",)) == "must be an http URL"
     assert address_refusal("http://10.1.2.3:99999/d/x") == "is not a valid URL"
+
+
+def test_pushes_after_the_push_loop_was_closed_run_on_a_new_one(sim):
+    (uuid,) = add_devices(sim, 1)
+    assert push(targets([uuid], sim.simulator.port)) == {1: (DeliveryState.SENT, "")}
+    closed = pushes._the_loop()
+    closed.close()  # what happens at exit
+    assert push(targets([uuid], sim.simulator.port, first_pk=2)) == {2: (DeliveryState.SENT, "")}
+    assert pushes._the_loop() is not closed and not closed.thread.is_alive()

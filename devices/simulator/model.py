@@ -7,7 +7,6 @@ decides *when* these happen and talks to the server about it.
 
 from __future__ import annotations
 
-import functools
 import random
 import time
 from collections import Counter, deque
@@ -15,9 +14,6 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from devices.versions import AGENT_API_MIN, OS_NAMED_VOLUMES_MIN, version_key
-
-# A fleet has a handful of versions, and every push asks whether the agent has an API.
-_version_key = functools.lru_cache(maxsize=256)(version_key)
 
 ACTION_KINDS = ("restart", "purge", "reboot", "shutdown")
 
@@ -117,11 +113,11 @@ class VirtualDevice:
 
     @property
     def has_agent_api(self) -> bool:
-        return _version_key(self.agent_version) >= AGENT_API_MIN
+        return version_key(self.agent_version) >= AGENT_API_MIN
 
     @property
     def has_named_volumes(self) -> bool:
-        return _version_key(self.os_version) >= OS_NAMED_VOLUMES_MIN
+        return version_key(self.os_version) >= OS_NAMED_VOLUMES_MIN
 
     @property
     def registered(self) -> bool:

@@ -7,6 +7,7 @@ decides *when* these happen and talks to the server about it.
 
 from __future__ import annotations
 
+import json
 import random
 import time
 from collections import Counter, deque
@@ -24,6 +25,9 @@ SHUTTING_DOWN = "shutting_down"
 
 # A device remembers this many accepted idempotency keys; older ones cannot come back as retries.
 KEYS_REMEMBERED = 500
+
+# How the agent encodes every JSON body. One encoder for all: json.dumps with options makes one per call.
+encode_json = json.JSONEncoder(separators=(",", ":")).encode
 
 
 def hex_id(rng: random.Random, nbytes: int) -> str:

@@ -168,12 +168,12 @@ class Agent:
         self,
         method: str,
         path: str,
-        body: dict[str, Any] | None = None,
+        body: dict[str, Any] | bytes | None = None,
         *,
         auth: str | None,
         headers: dict[str, str] | None = None,
     ) -> tuple[int, Any, Response]:
-        """One call to the server API, with a JSON body if any.
+        """One call to the server API; `body` is JSON, as a dict or already encoded.
 
         Status, the parsed JSON body (None when there is none) and the response, for its headers.
         """
@@ -182,7 +182,7 @@ class Agent:
         lines = self._header_lines(auth)
         data = None
         if body is not None:
-            data = encode_json(body).encode()
+            data = body if isinstance(body, bytes) else encode_json(body).encode()
             lines += JSON_CONTENT_TYPE
         if headers:
             lines += header_lines(headers)
@@ -249,12 +249,10 @@ class Agent:
         if not dev.registered:
             return False
         async with self._report_lock:
-            payload = dev.report_payload(self.sim.url)
+            body = dev.report_body(self.sim.url)
             started = time.monotonic()
             try:
-                status, data, _ = await self._request(
-                    "PATCH", "/api/v1/device/state", payload, auth=dev.api_key
-                )
+                status, data, _ = await self._request("PATCH", "/api/v1/device/state", body, auth=dev.api_key)
             except NETWORK_ERRORS:
                 metrics.count("reports_failed")
                 return False

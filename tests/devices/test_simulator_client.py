@@ -1,13 +1,16 @@
-"""The simulator's own HTTP client, against raw TCP servers playing scripts."""
+"""The simulator's own HTTP client, and its encoded reports."""
 
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
+from devices.simulator import Simulator
 from devices.simulator.client import ServerClient, header_lines
+from devices.simulator.model import encode_json
 
 NO_CONTENT = b"HTTP/1.1 204 No Content\r\n\r\n"
 
@@ -253,3 +256,33 @@ def test_a_new_connection_closed_without_an_answer_is_a_connection_error():
             assert server.connections == 1  # not retried: only a kept-alive connection may have gone stale
 
     run(scenario)
+
+
+# -- the encoded report --------------------------------------------------------------------------
+
+
+def test_the_report_body_is_the_encoded_payload_whatever_changed_since_the_last_one():
+    sim = Simulator("http://127.0.0.1:1", seed=5)
+    sim.add_random_devices(60, {"raspberrypi3": "key"})
+    rng = random.Random(5)
+    changes = [
+        lambda d: d.write_some_data(rng),
+        lambda d: setattr(d, "status", rng.choice(["idle", "updating", "rebooting"])),
+        lambda d: setattr(d.services[0], "holds_update_lock", not d.services[0].holds_update_lock),
+        lambda d: setattr(d.services[-1], "status", rng.choice(["running", "stopping", "exited"])),
+        lambda d: d.recreate_containers(rng),
+        lambda d: d.clear_persistent_data(),
+        lambda d: d.upgrade_os("5.1.20"),
+        lambda d: d.move_to_fleet(rng.randint(1, 3), "other"),
+        lambda d: d.use_release("c0ffee" * 6, [{"name": "main"}, {"name": "extra"}], rng),
+        lambda d: setattr(d, "os_update_progress", rng.choice([None, 20, 60])),
+        lambda d: setattr(d, "blocked_update", rng.choice(["", 'host OS 5.1.20: "uptime_s":0 held'])),
+        lambda d: setattr(d, "local_mode", not d.local_mode),
+        lambda d: setattr(d, "release", rng.choice(["", "abc123"])),
+        lambda d: setattr(d, "booted_at", d.booted_at - rng.randint(1, 10_000)),
+    ]
+    for _ in range(30):
+        for device in sim.devices.values():
+            for url in ("http://10.0.0.1:48484", "http://10.0.0.2:48484"):
+                assert device.report_body(url) == encode_json(device.report_payload(url)).encode()
+            rng.choice(changes)(device)

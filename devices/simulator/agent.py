@@ -1,9 +1,10 @@
 """The agent of one virtual device: its schedule, its calls to the server and the actions it runs.
 
 Each device runs as a few asyncio tasks in the simulator's one event loop. Everything that takes
-time (SIGKILL grace, a reboot, an OS update) is an `asyncio.sleep`, so thousands of devices cost
-little. Actions, release and OS updates share one lock per device: like a real supervisor, a device
-does one such thing at a time.
+time (SIGKILL grace, a reboot, an OS update) is an `asyncio.sleep`, and the report and poll
+schedules sleep on the simulator's `Wakeups`, so thousands of devices cost little. Actions,
+release and OS updates share one lock per device: like a real supervisor, a device does one such
+thing at a time.
 """
 
 from __future__ import annotations
@@ -121,9 +122,8 @@ class Agent:
         due = loop.time() + interval
         orphan_skips = 0
         while True:
-            delay = due - loop.time()
-            if delay > 0:
-                await asyncio.sleep(delay)
+            if due > loop.time():
+                await sim.wakeups.sleep_until(due)
             if not dev.is_up:
                 pass  # dark: nothing to say, and nobody to say it
             elif dev.orphaned:
@@ -152,9 +152,8 @@ class Agent:
         # Then on a schedule at a random phase: devices started together must not poll together.
         due = loop.time() + sim.rng.uniform(0, sim.poll_interval)
         while True:
-            delay = due - loop.time()
-            if delay > 0:
-                await asyncio.sleep(delay)
+            if due > loop.time():
+                await sim.wakeups.sleep_until(due)
             if dev.is_up and not dev.orphaned:
                 await self.poll()
             due += sim.poll_interval

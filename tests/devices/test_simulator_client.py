@@ -1,4 +1,4 @@
-"""The simulator's own HTTP client, and its encoded reports."""
+"""The simulator's own HTTP client, its wake-ups and its encoded reports."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from contextlib import asynccontextmanager
 from devices.simulator import Simulator
 from devices.simulator.client import ServerClient, header_lines
 from devices.simulator.model import encode_json
+from devices.simulator.wakeups import RESOLUTION_S, Wakeups
 
 NO_CONTENT = b"HTTP/1.1 204 No Content\r\n\r\n"
 
@@ -254,6 +255,45 @@ def test_a_new_connection_closed_without_an_answer_is_a_connection_error():
             else:
                 raise AssertionError("no error")
             assert server.connections == 1  # not retried: only a kept-alive connection may have gone stale
+
+    run(scenario)
+
+
+# -- wake-ups ------------------------------------------------------------------------------------
+
+
+def test_sleepers_wake_in_order_never_early_and_at_most_a_tick_late():
+    async def scenario():
+        loop = asyncio.get_running_loop()
+        wakeups = Wakeups()
+        start = loop.time()
+        wakeups.sleep_until(start + 0.1).cancel()  # its task was cancelled: dropped at its tick
+        delays = [0.3, 0.05, 0.2, 0.05, 0.0, 0.11]
+        woke: dict[int, float] = {}
+
+        async def sleeper(index: int) -> None:
+            await wakeups.sleep_until(start + delays[index])
+            woke[index] = loop.time() - start
+
+        await asyncio.gather(*(sleeper(i) for i in range(len(delays))))
+        assert list(woke) == [4, 1, 3, 5, 2, 0]  # equal times in the order they slept
+        for index, delay in enumerate(delays):
+            assert delay <= woke[index] < delay + RESOLUTION_S + 0.05, (index, woke[index])
+        wakeups.close()
+
+    run(scenario)
+
+
+def test_a_sleeper_due_before_the_armed_tick_is_not_kept_waiting_for_it():
+    async def scenario():
+        loop = asyncio.get_running_loop()
+        wakeups = Wakeups()
+        late = wakeups.sleep_until(loop.time() + 5)
+        started = loop.time()
+        await wakeups.sleep_until(started + 0.05)
+        assert loop.time() - started < 1
+        assert not late.done()
+        wakeups.close()
 
     run(scenario)
 

@@ -6,7 +6,8 @@
     ...
     await sim.stop()
 
-`python manage.py simulate_devices` runs it against a live server.
+`python manage.py simulate_devices` runs it against a live server; `python -m
+devices.simulator.measure_cpu` measures its CPU per report.
 """
 
 from .core import Simulator

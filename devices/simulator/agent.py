@@ -1,9 +1,10 @@
 """The agent of one virtual device: its schedule, its calls to the server and the actions it runs.
 
 Each device runs as a few asyncio tasks in the simulator's one event loop. Everything that takes
-time (SIGKILL grace, a reboot, an OS update) is an `asyncio.sleep`, so thousands of devices cost
-little. Actions, release and OS updates share one lock per device: like a real supervisor, a device
-does one such thing at a time.
+time (SIGKILL grace, a reboot, an OS update) is an `asyncio.sleep`, and the report and poll
+schedules sleep on the simulator's `Wakeups`, so thousands of devices cost little. Actions,
+release and OS updates share one lock per device: like a real supervisor, a device does one such
+thing at a time.
 """
 
 from __future__ import annotations
@@ -15,23 +16,24 @@ import time
 from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any
 
-import aiohttp
-
 from devices.versions import InvalidVersion, version_key
 
-from .model import IDLE, REBOOTING, SHUTTING_DOWN, UPDATING, VirtualDevice
+from .client import Response, header_lines
+from .model import IDLE, REBOOTING, SHUTTING_DOWN, UPDATING, VirtualDevice, encode_json
 
 if TYPE_CHECKING:
     from .core import Simulator
 
 log = logging.getLogger("devices.simulator")
 
-# asyncio.TimeoutError is TimeoutError since 3.11; a refused or reset connection is a ClientError.
-NETWORK_ERRORS = (aiohttp.ClientError, TimeoutError, OSError)
+# What the client raises when the server cannot be reached or answered in time: a refused, reset or
+# unreadable connection is a ConnectionError, and both are OSErrors.
+NETWORK_ERRORS = (ConnectionError, TimeoutError, OSError)
 # An agent keeps an action's result until the server takes it: with the backoff capped at 8 s,
 # 40 attempts ride out about five minutes of an unreachable or overloaded server.
 RESULT_ATTEMPTS = 40
 OS_UPDATE_STEPS = 5
+JSON_CONTENT_TYPE = header_lines({"Content-Type": "application/json"})
 
 
 class Agent:
@@ -48,6 +50,8 @@ class Agent:
         self._updating = False  # a release or OS update is running or queued on the action lock
         self._last_blocked = ""
         self._warned: set[str] = set()
+        self._headers_for: tuple[str, str | None] | None = None
+        self._headers = b""
         # Cleared while the agent API hangs; requests wait on it.
         self.unhung = asyncio.Event()
         self.unhung.set()
@@ -118,9 +122,8 @@ class Agent:
         due = loop.time() + interval
         orphan_skips = 0
         while True:
-            delay = due - loop.time()
-            if delay > 0:
-                await asyncio.sleep(delay)
+            if due > loop.time():
+                await sim.wakeups.sleep_until(due)
             if not dev.is_up:
                 pass  # dark: nothing to say, and nobody to say it
             elif dev.orphaned:
@@ -149,9 +152,8 @@ class Agent:
         # Then on a schedule at a random phase: devices started together must not poll together.
         due = loop.time() + sim.rng.uniform(0, sim.poll_interval)
         while True:
-            delay = due - loop.time()
-            if delay > 0:
-                await asyncio.sleep(delay)
+            if due > loop.time():
+                await sim.wakeups.sleep_until(due)
             if dev.is_up and not dev.orphaned:
                 await self.poll()
             due += sim.poll_interval
@@ -165,29 +167,42 @@ class Agent:
         self,
         method: str,
         path: str,
-        body: dict[str, Any] | None = None,
+        body: dict[str, Any] | bytes | None = None,
         *,
         auth: str | None,
         headers: dict[str, str] | None = None,
-    ) -> tuple[int, Any, Any]:
+    ) -> tuple[int, Any, Response]:
+        """One call to the server API; `body` is JSON, as a dict or already encoded.
+
+        Status, the parsed JSON body (None when there is none) and the response, for its headers.
+        """
         sim = self.sim
         assert sim.session is not None, "the simulator is not started"
-        request_headers = {"User-Agent": f"fleet-agent-sim/{self.device.agent_version}"}
-        if auth:
-            request_headers["Authorization"] = f"Bearer {auth}"
+        lines = self._header_lines(auth)
         data = None
         if body is not None:
-            data = json.dumps(body, separators=(",", ":")).encode()
-            request_headers["Content-Type"] = "application/json"
-        request_headers.update(headers or {})
-        resp = await sim.session.request(method, path, body=data, headers=request_headers)
+            data = body if isinstance(body, bytes) else encode_json(body).encode()
+            lines += JSON_CONTENT_TYPE
+        if headers:
+            lines += header_lines(headers)
+        resp = await sim.session.request(method, path, body=data, headers=lines)
         parsed: Any = None
         if resp.body and resp.content_type == "application/json":
             try:
                 parsed = json.loads(resp.body)
             except ValueError:
                 parsed = None
-        return resp.status, parsed, resp.headers
+        return resp.status, parsed, resp
+
+    def _header_lines(self, auth: str | None) -> bytes:
+        """User-Agent and Authorization, encoded again only when the agent version or the key changes."""
+        agent_version = self.device.agent_version
+        if self._headers_for != (agent_version, auth):
+            headers = {"User-Agent": f"fleet-agent-sim/{agent_version}"}
+            if auth:
+                headers["Authorization"] = f"Bearer {auth}"
+            self._headers_for, self._headers = (agent_version, auth), header_lines(headers)
+        return self._headers
 
     async def register(self) -> str:
         """POST /devices/register with the provisioning key: "ok", "retry" or "refused"."""
@@ -233,12 +248,10 @@ class Agent:
         if not dev.registered:
             return False
         async with self._report_lock:
-            payload = dev.report_payload(self.sim.url)
+            body = dev.report_body(self.sim.url)
             started = time.monotonic()
             try:
-                status, data, _ = await self._request(
-                    "PATCH", "/api/v1/device/state", payload, auth=dev.api_key
-                )
+                status, data, _ = await self._request("PATCH", "/api/v1/device/state", body, auth=dev.api_key)
             except NETWORK_ERRORS:
                 metrics.count("reports_failed")
                 return False
@@ -280,7 +293,7 @@ class Agent:
         async with self._poll_lock:
             headers = {"If-None-Match": dev.etag} if dev.etag else {}
             try:
-                status, data, response_headers = await self._request(
+                status, data, response = await self._request(
                     "GET", "/api/v1/device/target", auth=dev.api_key, headers=headers
                 )
             except NETWORK_ERRORS:
@@ -294,7 +307,7 @@ class Agent:
                 metrics.count("polls_not_modified")
             elif status == 200 and isinstance(data, dict):
                 metrics.count("polls")
-                dev.etag = response_headers.get("etag")
+                dev.etag = response.headers.get("etag")
                 self.target = data
             else:
                 metrics.count("polls_failed")

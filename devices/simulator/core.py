@@ -21,6 +21,7 @@ from .client import ServerClient
 from .model import Service, VirtualDevice, Volume, hex_id
 from .server import SimulatorServer
 from .stats import Stats
+from .wakeups import Wakeups
 
 log = logging.getLogger("devices.simulator")
 
@@ -105,6 +106,7 @@ class Simulator:
         self.agents: dict[str, Agent] = {}
         self.metrics = Stats()
         self.session: ServerClient | None = None
+        self.wakeups = Wakeups()  # the devices' report and poll schedules
         self._runner: web.AppRunner | None = None
         self._saver: asyncio.Task[None] | None = None
         self._state_loaded = False
@@ -165,6 +167,7 @@ class Simulator:
         if self.session is not None:
             await self.session.close()
             self.session = None
+        self.wakeups.close()
         if self.state_path:
             self.save_state()
 

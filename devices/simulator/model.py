@@ -7,6 +7,8 @@ decides *when* these happen and talks to the server about it.
 
 from __future__ import annotations
 
+import functools
+import json
 import random
 import time
 from collections import Counter, deque
@@ -25,6 +27,17 @@ SHUTTING_DOWN = "shutting_down"
 # A device remembers this many accepted idempotency keys; older ones cannot come back as retries.
 KEYS_REMEMBERED = 500
 
+# How the agent encodes every JSON body. One encoder for all: json.dumps with options makes one per call.
+encode_json = json.JSONEncoder(separators=(",", ":")).encode
+
+# Where `VirtualDevice.report_body` puts what it fills in for each report; they are 0 in the encoded
+# payload it cuts there. No JSON string can hold one of these: its quotes would be escaped.
+REPORT_GAPS = ('"uptime_s":0', '"volumes":0')
+
+# Whether a device has an agent API or named volumes is asked at every push and many reports: of
+# a few versions, each parsed once.
+_version_key = functools.lru_cache(maxsize=256)(version_key)
+
 
 def hex_id(rng: random.Random, nbytes: int) -> str:
     return f"{rng.getrandbits(nbytes * 8):0{nbytes * 2}x}"
@@ -41,6 +54,11 @@ class Service:
     # Files written inside the container, outside persistent storage: lost when it is recreated.
     scratch_files: int = 0
 
+    # The encoded report and what it was made from: unannotated, so no dataclass fields (neither
+    # compared nor kept in the state file).
+    _encoded_from = None
+    _encoded = ""
+
     def report(self) -> dict[str, Any]:
         return {
             "name": self.name,
@@ -50,6 +68,13 @@ class Service:
             "holds_update_lock": self.holds_update_lock,
         }
 
+    def report_json(self) -> str:
+        """`report()` encoded, made again only when one of its values changed (see `report_body`)."""
+        made_from = (self.name, self.image, self.status, self.container_id, self.holds_update_lock)
+        if made_from != self._encoded_from:
+            self._encoded_from, self._encoded = made_from, encode_json(self.report())
+        return self._encoded
+
 
 @dataclass
 class Volume:
@@ -57,8 +82,18 @@ class Volume:
     files: int = 0
     bytes: int = 0
 
+    _encoded_from = None  # as Service's
+    _encoded = ""
+
     def report(self) -> dict[str, Any]:
         return {"name": self.name, "files": self.files, "bytes": self.bytes}
+
+    def report_json(self) -> str:
+        """`report()` encoded, made again only when one of its values changed (see `report_body`)."""
+        made_from = (self.name, self.files, self.bytes)
+        if made_from != self._encoded_from:
+            self._encoded_from, self._encoded = made_from, encode_json(self.report())
+        return self._encoded
 
 
 @dataclass
@@ -108,16 +143,19 @@ class VirtualDevice:
     # world moved on and must not report for a device that is no longer the one it was.
     boot_id: int = 0
     events: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=30))
+    # report_body's cut payload and what it was made from: unannotated, so no dataclass fields.
+    _report_made_from = None
+    _report_parts = ("", "", "")
 
     # -- derived facts ---------------------------------------------------------------------
 
     @property
     def has_agent_api(self) -> bool:
-        return version_key(self.agent_version) >= AGENT_API_MIN
+        return _version_key(self.agent_version) >= AGENT_API_MIN
 
     @property
     def has_named_volumes(self) -> bool:
-        return version_key(self.os_version) >= OS_NAMED_VOLUMES_MIN
+        return _version_key(self.os_version) >= OS_NAMED_VOLUMES_MIN
 
     @property
     def registered(self) -> bool:
@@ -252,7 +290,10 @@ class VirtualDevice:
     # -- views -------------------------------------------------------------------------------
 
     def report_payload(self, base_url: str) -> dict[str, Any]:
-        """The full state report of PROTOCOL.md; old agents have no API and omit api_address."""
+        """The full state report of PROTOCOL.md; old agents have no API and omit api_address.
+
+        What a new field depends on goes into `made_from` in `report_body` too.
+        """
         payload: dict[str, Any] = {
             "status": self.status,
             "os_version": self.os_version,
@@ -271,6 +312,39 @@ class VirtualDevice:
         if self.has_agent_api:
             payload["api_address"] = f"{base_url}/d/{self.uuid}"
         return payload
+
+    def report_body(self, base_url: str) -> bytes:
+        """The report as the agent sends it: `encode_json(report_payload(base_url))`, byte for byte.
+
+        Encoding the whole payload at every report cost a simulator about as much CPU as sending
+        it. Between two reports little changes but the uptime, and a volume now and then: the
+        encoded payload is kept cut around those two, with the values it was made from, and made
+        again only when one of them differs. Services and volumes keep their own encoded reports
+        the same way. Compared by value, so no code that changes a device needs to tell the cache.
+        """
+        services = [s.report_json() for s in self.services]  # update_lock_held follows from them
+        made_from = (
+            self.status,
+            self.os_version,
+            self.agent_version,
+            self.ip_address,
+            self.release,
+            self.os_update_progress,
+            self.blocked_update,
+            self.local_mode,
+            base_url,
+            *services,
+        )
+        if made_from != self._report_made_from:
+            rest = encode_json(self.report_payload(base_url) | {"uptime_s": 0, "volumes": 0})
+            parts = []
+            for gap in REPORT_GAPS:
+                before, _, rest = rest.partition(gap)
+                parts.append(before + gap[:-1])
+            self._report_made_from, self._report_parts = made_from, (*parts, rest)
+        head, before_volumes, tail = self._report_parts
+        volumes = ",".join([v.report_json() for v in self.volumes])
+        return f"{head}{self.uptime_s}{before_volumes}[{volumes}]{tail}".encode()
 
     def to_state(self) -> dict[str, Any]:
         """What survives a simulator restart (the state file)."""

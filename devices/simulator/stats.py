@@ -23,7 +23,8 @@ class Stats:
     """Totals, per-second buckets for rates, and the lateness of every scheduled report.
 
     Lateness is how long after its slot a scheduled report was started: the time the device's task
-    woke up minus the time it should have. It says whether the event loop keeps up with the
+    woke up minus the time it should have, so up to one tick of the wake-ups
+    (`wakeups.RESOLUTION_S`) even on an idle loop. It says whether the event loop keeps up with the
     schedule; server latency is measured apart (`report_rtt`), since a slow server is not the
     simulator falling behind.
     """

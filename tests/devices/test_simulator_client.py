@@ -1,0 +1,328 @@
+"""The simulator's own HTTP client, its wake-ups and its encoded reports."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+
+from devices.simulator import Simulator
+from devices.simulator.client import ServerClient, header_lines
+from devices.simulator.model import encode_json
+from devices.simulator.wakeups import RESOLUTION_S, Wakeups
+
+NO_CONTENT = b"HTTP/1.1 204 No Content\r\n\r\n"
+
+# A connection's script: its reader, writer, and its number (0 for the first connection, ...).
+Script = Callable[[asyncio.StreamReader, asyncio.StreamWriter, int], Awaitable[None]]
+
+
+class RawServer:
+    """A TCP server playing `script(server)` on each connection; it keeps the requests it read."""
+
+    def __init__(self, script: Callable[[RawServer], Script]) -> None:
+        self.play = script(self)
+        self.connections = 0
+        self.requests: list[bytes] = []
+
+    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        number, self.connections = self.connections, self.connections + 1
+        try:
+            await self.play(reader, writer, number)
+        finally:
+            writer.close()
+
+    async def read_request(self, reader: asyncio.StreamReader) -> bytes:
+        """The next request (head and Content-Length body); b"" once the client closed the connection."""
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+        except asyncio.IncompleteReadError:
+            return b""
+        lengths = [line for line in head.lower().split(b"\r\n") if line.startswith(b"content-length:")]
+        request = head + await reader.readexactly(int(lengths[0].split(b":")[1]) if lengths else 0)
+        self.requests.append(request)
+        return request
+
+
+@asynccontextmanager
+async def serving(
+    script: Callable[[RawServer], Script], *, limit: int = 4, timeout: float = 5.0
+) -> AsyncIterator[tuple[RawServer, ServerClient]]:
+    """A RawServer and a ServerClient for it, closed after."""
+    server = RawServer(script)
+    listener = await asyncio.start_server(server.serve, "127.0.0.1", 0)
+    port = listener.sockets[0].getsockname()[1]
+    client = ServerClient(f"http://127.0.0.1:{port}/base", limit=limit, timeout=timeout)
+    try:
+        yield server, client
+    finally:
+        await client.close()
+        listener.close()
+
+
+def answering(*answers: bytes, then_close: bool = False) -> Callable[[RawServer], Script]:
+    """Each connection answers its requests with these answers in turn, then waits for the client
+    to close it (or closes it itself)."""
+
+    def script(server: RawServer) -> Script:
+        async def play(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, number: int) -> None:
+            for answer in answers:
+                if not await server.read_request(reader):
+                    return
+                writer.write(answer)
+            if not then_close:
+                await reader.read()
+
+        return play
+
+    return script
+
+
+def run(scenario: Callable[[], Awaitable[None]]) -> None:
+    asyncio.run(scenario())
+
+
+# -- requests and answers ------------------------------------------------------------------------
+
+
+def test_a_request_goes_out_with_the_given_header_lines_and_its_answer_is_parsed():
+    answer = (
+        b'HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nETag: "7"\r\nContent-Length: 8\r\n\r\n{"a": 1}'
+    )
+
+    async def scenario():
+        async with serving(answering(answer)) as (server, client):
+            headers = header_lines({"Authorization": "Bearer k", "Content-Type": "application/json"})
+            response = await client.request("PATCH", "/v1/state", body=b"{}", headers=headers)
+        assert server.requests == [
+            b"PATCH /base/v1/state HTTP/1.1\r\nHost: " + client.host_header.encode()
+            + b"\r\nAuthorization: Bearer k\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}"
+        ]  # fmt: skip
+        assert (response.status, response.body, response.content_type) == (
+            200,
+            b'{"a": 1}',
+            "application/json",
+        )
+        assert response.headers["etag"] == '"7"'
+
+    run(scenario)
+
+
+def test_chunked_answers_and_answers_that_end_with_the_connection_are_read_whole():
+    chunked = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n"
+    to_the_close = b"HTTP/1.1 200 OK\r\n\r\nall of it"
+
+    async def scenario():
+        async with serving(answering(chunked, to_the_close, then_close=True)) as (server, client):
+            first = await client.request("GET", "/one")
+            second = await client.request("GET", "/two")
+            third = await client.request("GET", "/three")  # the server closed the connection: a new one
+        assert (first.status, first.body) == (200, b"abcde")
+        assert (second.status, second.body) == (200, b"all of it")
+        assert third.body == b"abcde"
+        assert server.connections == 2
+
+    run(scenario)
+
+
+def test_requests_share_kept_alive_connections_within_the_limit():
+    async def scenario():
+        def script(server: RawServer) -> Script:
+            async def play(reader, writer, number):
+                while await server.read_request(reader):
+                    await asyncio.sleep(0.05)
+                    writer.write(NO_CONTENT)
+
+            return play
+
+        async with serving(script, limit=2) as (server, client):
+            statuses = await asyncio.gather(*(client.request("GET", f"/{i}") for i in range(6)))
+            assert statuses and all(r.status == 204 for r in statuses)
+            assert server.connections == 2  # six requests, two at a time, on two connections
+            await client.request("GET", "/again")
+            assert server.connections == 2
+
+    run(scenario)
+
+
+def test_a_request_cancelled_while_waiting_for_a_slot_leaves_the_slots_to_the_others():
+    async def scenario():
+        def script(server: RawServer) -> Script:
+            async def play(reader, writer, number):
+                while await server.read_request(reader):
+                    await asyncio.sleep(0.1)
+                    writer.write(NO_CONTENT)
+
+            return play
+
+        async with serving(script, limit=1) as (server, client):
+            first = asyncio.ensure_future(client.request("GET", "/first"))
+            waiting = asyncio.ensure_future(client.request("GET", "/waiting"))
+            last = asyncio.ensure_future(client.request("GET", "/last"))
+            await asyncio.sleep(0.02)
+            waiting.cancel()
+            assert (await first).status == 204 and (await last).status == 204
+            assert waiting.cancelled()
+            assert [r.split(b" ")[1] for r in server.requests] == [b"/base/first", b"/base/last"]
+
+    run(scenario)
+
+
+# -- timeouts and closed connections -------------------------------------------------------------
+
+
+def test_a_request_the_server_never_answers_times_out_and_its_connection_is_closed():
+    async def scenario():
+        closed_by_client = asyncio.Event()
+
+        def script(server: RawServer) -> Script:
+            async def play(reader, writer, number):
+                await server.read_request(reader)
+                if number == 0:  # hang, until the client gives up on the connection
+                    await reader.read()
+                    closed_by_client.set()
+                    return
+                writer.write(NO_CONTENT)
+                await reader.read()
+
+            return play
+
+        async with serving(script, timeout=0.6) as (server, client):
+            started = time.monotonic()
+            try:
+                await asyncio.wait_for(client.request("GET", "/hangs"), 3)  # not forever, if broken
+            except TimeoutError:
+                waited = time.monotonic() - started
+            else:
+                raise AssertionError("no timeout")
+            assert 0.6 <= waited < 0.6 * 1.5, waited  # checked every timeout / 20
+            await asyncio.wait_for(closed_by_client.wait(), 1)
+            assert (await client.request("GET", "/answers")).status == 204  # on a new connection
+            assert server.connections == 2
+
+    run(scenario)
+
+
+def test_a_kept_alive_connection_the_server_closed_while_idle_is_not_lent_again():
+    async def scenario():
+        async with serving(answering(NO_CONTENT, then_close=True)) as (server, client):
+            assert (await client.request("GET", "/one")).status == 204
+            await asyncio.sleep(0.05)  # the server closed it meanwhile
+            assert client._idle == []
+            assert (await client.request("GET", "/two")).status == 204
+            assert server.connections == 2
+
+    run(scenario)
+
+
+def test_a_kept_alive_connection_the_server_closes_on_a_request_is_retried_once_on_a_new_one():
+    async def scenario():
+        def script(server: RawServer) -> Script:
+            async def play(reader, writer, number):
+                await server.read_request(reader)
+                writer.write(NO_CONTENT)
+                if number == 0:  # the next request on it comes as the server hangs up: unanswered
+                    await server.read_request(reader)
+                    return
+                await reader.read()
+
+            return play
+
+        async with serving(script) as (server, client):
+            assert (await client.request("GET", "/one")).status == 204
+            assert (await client.request("GET", "/two")).status == 204
+            assert server.connections == 2
+            assert [r.split(b" ")[1] for r in server.requests] == [b"/base/one", b"/base/two", b"/base/two"]
+
+    run(scenario)
+
+
+def test_a_new_connection_closed_without_an_answer_is_a_connection_error():
+    async def scenario():
+        def script(server: RawServer) -> Script:
+            async def play(reader, writer, number):
+                await server.read_request(reader)  # and hang up
+
+            return play
+
+        async with serving(script) as (server, client):
+            try:
+                await client.request("GET", "/one")
+            except ConnectionError as error:
+                assert "closed" in str(error)
+            else:
+                raise AssertionError("no error")
+            assert server.connections == 1  # not retried: only a kept-alive connection may have gone stale
+
+    run(scenario)
+
+
+# -- wake-ups ------------------------------------------------------------------------------------
+
+
+def test_sleepers_wake_in_order_never_early_and_at_most_a_tick_late():
+    async def scenario():
+        loop = asyncio.get_running_loop()
+        wakeups = Wakeups()
+        start = loop.time()
+        wakeups.sleep_until(start + 0.1).cancel()  # its task was cancelled: dropped at its tick
+        delays = [0.3, 0.05, 0.2, 0.05, 0.0, 0.11]
+        woke: dict[int, float] = {}
+
+        async def sleeper(index: int) -> None:
+            await wakeups.sleep_until(start + delays[index])
+            woke[index] = loop.time() - start
+
+        await asyncio.gather(*(sleeper(i) for i in range(len(delays))))
+        assert list(woke) == [4, 1, 3, 5, 2, 0]  # equal times in the order they slept
+        for index, delay in enumerate(delays):
+            assert delay <= woke[index] < delay + RESOLUTION_S + 0.05, (index, woke[index])
+        wakeups.close()
+
+    run(scenario)
+
+
+def test_a_sleeper_due_before_the_armed_tick_is_not_kept_waiting_for_it():
+    async def scenario():
+        loop = asyncio.get_running_loop()
+        wakeups = Wakeups()
+        late = wakeups.sleep_until(loop.time() + 5)
+        started = loop.time()
+        await wakeups.sleep_until(started + 0.05)
+        assert loop.time() - started < 1
+        assert not late.done()
+        wakeups.close()
+
+    run(scenario)
+
+
+# -- the encoded report --------------------------------------------------------------------------
+
+
+def test_the_report_body_is_the_encoded_payload_whatever_changed_since_the_last_one():
+    sim = Simulator("http://127.0.0.1:1", seed=5)
+    sim.add_random_devices(60, {"raspberrypi3": "key"})
+    rng = random.Random(5)
+    changes = [
+        lambda d: d.write_some_data(rng),
+        lambda d: setattr(d, "status", rng.choice(["idle", "updating", "rebooting"])),
+        lambda d: setattr(d.services[0], "holds_update_lock", not d.services[0].holds_update_lock),
+        lambda d: setattr(d.services[-1], "status", rng.choice(["running", "stopping", "exited"])),
+        lambda d: d.recreate_containers(rng),
+        lambda d: d.clear_persistent_data(),
+        lambda d: d.upgrade_os("5.1.20"),
+        lambda d: d.move_to_fleet(rng.randint(1, 3), "other"),
+        lambda d: d.use_release("c0ffee" * 6, [{"name": "main"}, {"name": "extra"}], rng),
+        lambda d: setattr(d, "os_update_progress", rng.choice([None, 20, 60])),
+        lambda d: setattr(d, "blocked_update", rng.choice(["", 'host OS 5.1.20: "uptime_s":0 held'])),
+        lambda d: setattr(d, "local_mode", not d.local_mode),
+        lambda d: setattr(d, "release", rng.choice(["", "abc123"])),
+        lambda d: setattr(d, "booted_at", d.booted_at - rng.randint(1, 10_000)),
+    ]
+    for _ in range(30):
+        for device in sim.devices.values():
+            for url in ("http://10.0.0.1:48484", "http://10.0.0.2:48484"):
+                assert device.report_body(url) == encode_json(device.report_payload(url)).encode()
+            rng.choice(changes)(device)

@@ -366,6 +366,7 @@ class VirtualDevice:
             "release": self.release,
             "local_mode": self.local_mode,
             "lock_override": self.lock_override,
+            "etag": self.etag,  # an agent keeps its target across restarts: its next poll may be a 304
             "public_url": self.public_url,
             "target_os_version": self.target_os_version,
             "powered": self.powered,

@@ -127,17 +127,23 @@ def test_chunked_answers_and_answers_that_end_with_the_connection_are_read_whole
     run(scenario)
 
 
+def slow_no_content(delay: float):
+    """A server script answering every request on a connection with 204, `delay` seconds after it."""
+
+    def script(server: RawServer) -> Script:
+        async def play(reader, writer, number):
+            while await server.read_request(reader):
+                await asyncio.sleep(delay)
+                writer.write(NO_CONTENT)
+
+        return play
+
+    return script
+
+
 def test_requests_share_kept_alive_connections_within_the_limit():
     async def scenario():
-        def script(server: RawServer) -> Script:
-            async def play(reader, writer, number):
-                while await server.read_request(reader):
-                    await asyncio.sleep(0.05)
-                    writer.write(NO_CONTENT)
-
-            return play
-
-        async with serving(script, limit=2) as (server, client):
+        async with serving(slow_no_content(0.05), limit=2) as (server, client):
             statuses = await asyncio.gather(*(client.request("GET", f"/{i}") for i in range(6)))
             assert statuses and all(r.status == 204 for r in statuses)
             assert server.connections == 2  # six requests, two at a time, on two connections
@@ -149,15 +155,7 @@ def test_requests_share_kept_alive_connections_within_the_limit():
 
 def test_a_request_cancelled_while_waiting_for_a_slot_leaves_the_slots_to_the_others():
     async def scenario():
-        def script(server: RawServer) -> Script:
-            async def play(reader, writer, number):
-                while await server.read_request(reader):
-                    await asyncio.sleep(0.1)
-                    writer.write(NO_CONTENT)
-
-            return play
-
-        async with serving(script, limit=1) as (server, client):
+        async with serving(slow_no_content(0.1), limit=1) as (server, client):
             first = asyncio.ensure_future(client.request("GET", "/first"))
             waiting = asyncio.ensure_future(client.request("GET", "/waiting"))
             last = asyncio.ensure_future(client.request("GET", "/last"))

@@ -31,7 +31,7 @@ import pytest
 import redis
 from django.conf import settings
 
-from dashboard.embedded_redis import EmbeddedRedis, die_with_parent
+from dashboard.embedded_redis import EmbeddedRedis, die_with_parent, free_port
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 TEST_REDIS_DB = int(os.environ.get("TEST_REDIS_DB") or 15)
@@ -230,6 +230,34 @@ def celery_beat(celery_worker, tmp_path):
     beat.start()
     yield beat
     beat.stop()
+
+
+@pytest.fixture
+def agent_server(test_database_url, test_redis, tmp_path):
+    """`manage.py serve_agent_api` as a real process on this test's database and Redis: the port.
+
+    What agents talk to in a deployment: reports, target polls and action results answered in its
+    event loop from Redis, everything else by Django in its thread pool."""
+    port = free_port()
+    env = os.environ | {
+        "DATABASE_URL": test_database_url,
+        "REDIS_URL": test_redis.url,
+        "RUN_DIR": str(tmp_path / "run"),
+        "PYTHONUNBUFFERED": "1",
+    }
+    log_path = tmp_path / "agent-server.log"
+    with log_path.open("w") as log:
+        process = subprocess.Popen(
+            [sys.executable, "manage.py", "serve_agent_api", "--port", str(port), "--threads", "2"],
+            cwd=BASE_DIR, env=env, stdout=log, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    deadline = time.monotonic() + 30
+    while "listening" not in log_path.read_text():
+        assert process.poll() is None and time.monotonic() < deadline, log_path.read_text()
+        time.sleep(0.1)
+    yield port
+    process.terminate()
+    assert process.wait(10) == 0, log_path.read_text()
 
 
 @pytest.fixture(autouse=True)

@@ -4,19 +4,14 @@ other request answered by Django with the views' own rules."""
 
 import http.client
 import json
-import os
 import re
 import secrets
 import socket
-import subprocess
-import sys
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
-from dashboard.embedded_redis import free_port
 from devices import ingest
 from devices.models import Device
 from fleets.services import provisioning_key_create
@@ -25,30 +20,6 @@ from tests.factories import make_fleet
 
 BASE_DIR = Path(__file__).resolve().parents[2]
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
-
-
-@pytest.fixture
-def agent_server(test_database_url, test_redis, tmp_path):
-    port = free_port()
-    env = os.environ | {
-        "DATABASE_URL": test_database_url,
-        "REDIS_URL": test_redis.url,
-        "RUN_DIR": str(tmp_path / "run"),
-        "PYTHONUNBUFFERED": "1",
-    }
-    log_path = tmp_path / "agent-server.log"
-    with log_path.open("w") as log:
-        process = subprocess.Popen(
-            [sys.executable, "manage.py", "serve_agent_api", "--port", str(port), "--threads", "2"],
-            cwd=BASE_DIR, env=env, stdout=log, stderr=subprocess.STDOUT,
-        )  # fmt: skip
-    deadline = time.monotonic() + 30
-    while "listening" not in log_path.read_text():
-        assert process.poll() is None and time.monotonic() < deadline, log_path.read_text()
-        time.sleep(0.1)
-    yield port
-    process.terminate()
-    assert process.wait(10) == 0, log_path.read_text()
 
 
 @pytest.fixture

@@ -13,6 +13,7 @@ progress is one row read.
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import re
@@ -46,6 +47,7 @@ from devices.models import (
     delivery_key,
 )
 from devices.selectors import online_q
+from devices.services import pushes
 from devices.services.agent import AgentError
 from devices.services.specs import ACTIONS, NUDGED, POLL_KINDS, PUSH_KINDS, ActionError, ActionSpec, Rule
 from devices.versions import AGENT_API_MIN
@@ -632,7 +634,7 @@ def _deliver(action_id: int, rows: QuerySet, claim: str) -> None:
     )
     with contextlib.suppress(RedisError):  # without it the agents' results take the database read
         ingest.remember_sent(action_id, device_ids)
-    results = asyncio.run(_push_all(action["kind"], action["params"], action_id, targets))
+    results = pushes.run(_push_all(action["kind"], action["params"], action_id, targets))
     missing = set(device_ids) - {t["pk"] for t in targets}
     results += [PushResult(pk, DeliveryState.FAILED, "Device was deleted") for pk in missing]
     _record_push_results(action_id, rows.filter(claim=claim), results)
@@ -656,46 +658,112 @@ def _record_push_results(action_id: int, rows: QuerySet, results: list[PushResul
         _finish_if_settled(action_id)
 
 
-def _push_session() -> aiohttp.ClientSession:
-    """A session with no pool limit and no session-wide timeout: aiohttp's `total` timeout counts
-    the wait for a free pooled connection, so with a connector limit a batch with many hung agents
-    would fail healthy ones that were never contacted. `_push_slot` bounds concurrency instead and
-    starts each device's time limit when its request starts."""
-    connector = aiohttp.TCPConnector(limit=0, force_close=True)
-    return aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None), connector=connector)
+class _PushSlot:
+    """One of AGENT_PUSH_CONCURRENCY requests in flight, then AGENT_PUSH_TIMEOUT_S for this one
+    (its one retry on a new connection included, see pushes.StaleConnectionError), counted from
+    when it has its slot. A class, not an asynccontextmanager: one per push, and a generator-based
+    one cost a few percent of a push's CPU."""
+
+    __slots__ = ("_slots", "_limit")
+
+    def __init__(self, slots: asyncio.Semaphore | None) -> None:
+        self._slots = slots
+
+    async def __aenter__(self) -> None:
+        if self._slots is not None:
+            await self._slots.acquire()
+        try:
+            self._limit = asyncio.timeout(settings.AGENT_PUSH_TIMEOUT_S)
+            await self._limit.__aenter__()
+        except BaseException:
+            self._release()
+            raise
+
+    async def __aexit__(self, *exc) -> None:
+        try:
+            await self._limit.__aexit__(*exc)  # a cancel by the time limit: TimeoutError
+        finally:
+            self._release()
+
+    def _release(self) -> None:
+        if self._slots is not None:
+            self._slots.release()
 
 
-@contextlib.asynccontextmanager
-async def _push_slot(slots: asyncio.Semaphore | None):
-    """One of AGENT_PUSH_CONCURRENCY requests in flight, then AGENT_PUSH_TIMEOUT_S for this one."""
-    async with slots or contextlib.nullcontext():
-        async with asyncio.timeout(settings.AGENT_PUSH_TIMEOUT_S):
-            yield
+async def _post(
+    session: aiohttp.ClientSession,
+    url: str,
+    body: bytes,
+    headers: dict,
+    *,
+    retry: aiohttp.ClientSession | None = None,
+) -> aiohttp.ClientResponse:
+    """The response to a push (its status and headers read), sent once more on `retry`, a new
+    connection, when the reused one it went out on had been closed by the agent (see pushes)."""
+    try:
+        return await session.post(url, data=body, headers=headers)
+    except pushes.StaleConnectionError:
+        if retry is None:
+            raise
+    return await retry.post(url, data=body, headers=headers)
+
+
+def _closes_after(remaining: Counter | None, url: str, headers: dict) -> None:
+    """The batch's last push to an address closes the connection after its answer (pushes)."""
+    if remaining is None:
+        return
+    where = pushes.origin(url)
+    remaining[where] -= 1
+    if remaining[where] <= 0:
+        headers["Connection"] = "close"
 
 
 async def _push_all(kind: str, params: dict, action_id: int, targets: list[dict]) -> list[PushResult]:
     slots = asyncio.Semaphore(settings.AGENT_PUSH_CONCURRENCY)
-    async with _push_session() as session:
-        return await asyncio.gather(
-            *(_push_one(session, kind, params, action_id, t, slots=slots) for t in targets)
+    remaining = Counter(pushes.origin(t["api_address"]) for t in targets if t["api_address"])
+    async with pushes.clients() as clients:
+        push = functools.partial(
+            _push_one,
+            clients.pooled,
+            kind,
+            params,
+            action_id,
+            slots=slots,
+            retry=clients.fresh,
+            remaining=remaining,
+            params_json=json.dumps(params).encode(),
         )
+        return await asyncio.gather(*(push(t) for t in targets))
 
 
 async def _push_one(
-    session, kind: str, params: dict, action_id: int, target: dict, *, slots: asyncio.Semaphore | None = None
+    session: aiohttp.ClientSession,
+    kind: str,
+    params: dict,
+    action_id: int,
+    target: dict,
+    *,
+    slots: asyncio.Semaphore | None = None,
+    retry: aiohttp.ClientSession | None = None,
+    remaining: Counter | None = None,
+    params_json: bytes | None = None,
 ) -> PushResult:
+    """Push one action to one agent. `retry`: the session of new connections for the one retry
+    (_post); `remaining`: pushes of the batch per address still to start (_closes_after);
+    `params_json`: the params, encoded once for the batch."""
     device_id = target["pk"]
     if not target["api_address"]:
         return PushResult(device_id, DeliveryState.FAILED, "The agent has not reported an API address")
     refusal = address_refusal(target["api_address"], schemes=AGENT_API_SCHEMES)
     if refusal:
+        _closes_after(remaining, target["api_address"], {})
         return PushResult(device_id, DeliveryState.FAILED, f"The agent's API address {refusal}"[:300])
     key = delivery_key(action_id, device_id)
     path = f"/v1/actions/{kind}"
-    body = json.dumps({"key": key, "params": params}).encode()
+    body = _action_body(key, params_json or json.dumps(params).encode())
     url = target["api_address"].rstrip("/") + path
     try:
-        async with _push_slot(slots):
+        async with _PushSlot(slots):
             timestamp = int(time.time())  # signed when sent, not when queued behind other pushes
             headers = {
                 "Content-Type": "application/json",
@@ -705,7 +773,8 @@ async def _push_one(
                     push_secret_for(target["uuid"]), timestamp, "POST", path, body
                 ),
             }
-            async with session.post(url, data=body, headers=headers) as response:
+            _closes_after(remaining, url, headers)
+            async with await _post(session, url, body, headers, retry=retry) as response:
                 if response.status == 202:
                     return PushResult(device_id, DeliveryState.SENT)
                 if response.status == 200:  # a repeated key: the agent did not act again
@@ -724,7 +793,20 @@ async def _push_one(
             device_id, DeliveryState.FAILED, f"No answer within {settings.AGENT_PUSH_TIMEOUT_S:g} s"
         )
     except aiohttp.ClientError as error:
-        return PushResult(device_id, DeliveryState.FAILED, f"Unreachable: {error.__class__.__name__}")
+        return PushResult(device_id, DeliveryState.FAILED, f"Unreachable: {_error_name(error)}")
+
+
+def _action_body(key: str, params_json: bytes) -> bytes:
+    """json.dumps({"key": key, "params": params}).encode(), with the params encoded already (a key
+    is digits and a dash: nothing to escape)."""
+    return b'{"key": "%s", "params": %s}' % (key.encode(), params_json)
+
+
+def _error_name(error: aiohttp.ClientError) -> str:
+    """The aiohttp error a failed push names (a stale connection not retried: the disconnect)."""
+    if isinstance(error, pushes.StaleConnectionError):
+        return aiohttp.ServerDisconnectedError.__name__
+    return error.__class__.__name__
 
 
 def devices_nudge(device_ids: list[int]) -> int:
@@ -736,19 +818,30 @@ def devices_nudge(device_ids: list[int]) -> int:
         .values("uuid", "api_address")
         if not address_refusal(target["api_address"], schemes=AGENT_API_SCHEMES)
     ]
-    return sum(asyncio.run(_nudge_all(targets)))
+    return sum(pushes.run(_nudge_all(targets)))
 
 
 async def _nudge_all(targets: list[dict]) -> list[bool]:
     slots = asyncio.Semaphore(settings.AGENT_PUSH_CONCURRENCY)
-    async with _push_session() as session:
-        return await asyncio.gather(*(_nudge_one(session, t, slots) for t in targets))
+    remaining = Counter(pushes.origin(t["api_address"]) for t in targets)
+    async with pushes.clients() as clients:
+        return await asyncio.gather(
+            *(_nudge_one(clients.pooled, t, slots, retry=clients.fresh, remaining=remaining) for t in targets)
+        )
 
 
-async def _nudge_one(session, target: dict, slots: asyncio.Semaphore) -> bool:
+async def _nudge_one(
+    session: aiohttp.ClientSession,
+    target: dict,
+    slots: asyncio.Semaphore,
+    *,
+    retry: aiohttp.ClientSession | None = None,
+    remaining: Counter | None = None,
+) -> bool:
     path, body = "/v1/update", b""
+    url = target["api_address"].rstrip("/") + path
     try:
-        async with _push_slot(slots):
+        async with _PushSlot(slots):
             timestamp = int(time.time())
             headers = {
                 "X-Fleet-Timestamp": str(timestamp),
@@ -756,9 +849,8 @@ async def _nudge_one(session, target: dict, slots: asyncio.Semaphore) -> bool:
                     push_secret_for(target["uuid"]), timestamp, "POST", path, body
                 ),
             }
-            async with session.post(
-                target["api_address"].rstrip("/") + path, data=body, headers=headers
-            ) as response:
+            _closes_after(remaining, url, headers)
+            async with await _post(session, url, body, headers, retry=retry) as response:
                 return response.status == 202
     except (TimeoutError, aiohttp.ClientError):
         return False

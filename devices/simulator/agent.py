@@ -423,8 +423,7 @@ class Agent:
             if known:
                 return 200, {"duplicate": True, "result": {"state": known[0], "reason": known[1]}}
             return 200, {"duplicate": True}
-        holder = dev.update_lock_holder
-        if kind == "restart" and dev.update_blocked and holder is not None:
+        if kind == "restart" and dev.update_blocked and (holder := dev.update_lock_holder) is not None:
             metrics.count("pushes_refused_lock")
             # Not remembered: once the lock is released the same delivery may be retried.
             return 409, {

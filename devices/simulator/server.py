@@ -36,8 +36,21 @@ h1 { font-size: 1.4rem; } code { background: #eef; padding: 0 .25rem; }
 """
 
 
+ACCEPTED = {"accepted": True}
+ACCEPTED_BODY = json.dumps(ACCEPTED).encode()
+
+
 def error(status: int, code: str, detail: str) -> web.Response:
     return web.json_response({"error": code, "detail": detail}, status=status)
+
+
+def json_answer(answer: dict[str, Any], status: int) -> web.Response:
+    """web.json_response(answer, status=status); the answer to almost every push serialized once."""
+    if answer == ACCEPTED:
+        return web.Response(
+            body=ACCEPTED_BODY, status=status, content_type="application/json", charset="utf-8"
+        )
+    return web.json_response(answer, status=status)
 
 
 def drop_connection(request: web.Request) -> web.StreamResponse:
@@ -55,8 +68,9 @@ class SimulatorServer:
     def app(self) -> web.Application:
         app = web.Application(client_max_size=MAX_BODY)
         add = app.router.add_route
-        add("*", "/d/{uuid}", self.agent_api)
+        # The longer route first: every push takes it, and the router tries routes in this order.
         add("*", "/d/{uuid}/{tail:.*}", self.agent_api)
+        add("*", "/d/{uuid}", self.agent_api)
         add("*", "/w/{uuid}", self.web_service)
         add("*", "/w/{uuid}/{tail:.*}", self.web_service)
         add("GET", "/", self.index)
@@ -107,7 +121,7 @@ class SimulatorServer:
         if path == "/v1/update" and request.method == "POST":
             metrics.count("nudges")
             agent.spawn(agent.poll())
-            return web.json_response({"accepted": True}, status=202)
+            return json_answer(ACCEPTED, 202)
         match = ACTION_PATH.match(path)
         if match is None:
             return error(404, "not_found", f"No agent API at {path}.")
@@ -129,7 +143,7 @@ class SimulatorServer:
         if header_key and payload.get("key") not in (None, header_key):
             return error(400, "invalid", "The Idempotency-Key header and the body's key differ.")
         status, answer = agent.accept_action(kind, key)
-        return web.json_response(answer, status=status)
+        return json_answer(answer, status)
 
     @staticmethod
     def _signed(request: web.Request, secret: str, path: str, body: bytes) -> bool:

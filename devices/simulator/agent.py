@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from devices.versions import InvalidVersion, version_key
 
 from .client import Response, header_lines
-from .model import IDLE, REBOOTING, SHUTTING_DOWN, UPDATING, VirtualDevice, encode_json
+from .model import IDLE, REBOOTING, SHUTTING_DOWN, UPDATING, Reported, VirtualDevice, encode_json
 
 if TYPE_CHECKING:
     from .core import Simulator
@@ -32,6 +32,8 @@ NETWORK_ERRORS = (ConnectionError, TimeoutError, OSError)
 # An agent keeps an action's result until the server takes it: with the backoff capped at 8 s,
 # 40 attempts ride out about five minutes of an unreachable or overloaded server.
 RESULT_ATTEMPTS = 40
+# Between two reports of the whole state, this many that say only what changed (10 min at 20 s).
+FULL_REPORT_EVERY = 30
 OS_UPDATE_STEPS = 5
 JSON_CONTENT_TYPE = header_lines({"Content-Type": "application/json"})
 
@@ -46,6 +48,11 @@ class Agent:
         self._action_lock = asyncio.Lock()
         # Reports are sent one at a time so a slow scheduled one cannot overtake a newer one.
         self._report_lock = asyncio.Lock()
+        # What the server last accepted, with the key it was sent with: the next report says only
+        # what changed since (VirtualDevice.report_update), and the whole state every
+        # FULL_REPORT_EVERY reports, so a report the server lost is repaired within minutes.
+        self._accepted: tuple[str | None, Reported] | None = None
+        self._since_full = 0
         self._poll_lock = asyncio.Lock()
         self._updating = False  # a release or OS update is running or queued on the action lock
         self._last_blocked = ""
@@ -243,19 +250,31 @@ class Agent:
         return "refused"
 
     async def report(self) -> bool:
-        """PATCH /device/state with the full state; a 401 orphans the device."""
+        """PATCH /device/state with what changed since the last accepted report (the whole state
+        the first time and every FULL_REPORT_EVERY reports); a 401 orphans the device."""
         dev, metrics = self.device, self.sim.metrics
         if not dev.registered:
             return False
         async with self._report_lock:
-            body = dev.report_body(self.sim.url)
+            accepted, key = self._accepted, dev.api_key
+            since = (
+                accepted[1]
+                if accepted and accepted[0] == key and self._since_full < FULL_REPORT_EVERY
+                else None
+            )
+            body, reported = dev.report_update(self.sim.url, since)
             started = time.monotonic()
             try:
-                status, data, _ = await self._request("PATCH", "/api/v1/device/state", body, auth=dev.api_key)
+                status, data, _ = await self._request("PATCH", "/api/v1/device/state", body, auth=key)
             except NETWORK_ERRORS:
                 metrics.count("reports_failed")
                 return False
             metrics.record_rtt(time.monotonic() - started)
+            if 200 <= status < 300:
+                self._accepted = (key, reported)
+                self._since_full = 0 if since is None else self._since_full + 1
+            else:
+                self._accepted = None  # refused or not stored: the next report says everything
         if status == 401:
             metrics.count("reports_refused")
             self._orphan()

@@ -36,6 +36,9 @@ encode_json = json.JSONEncoder(separators=(",", ":")).encode
 # Where `VirtualDevice.report_body` puts what it fills in for each report; they are 0 in the encoded
 # payload it cuts there. No JSON string can hold one of these: its quotes would be escaped.
 REPORT_GAPS = ('"uptime_s":0', '"volumes":0')
+# What an accepted report said, for the next one to send only what changed (`report_update`): the
+# values the rest of the payload is made from, the encoded volumes, the boot time (whole seconds).
+Reported = tuple[tuple, str, int]
 
 # Whether a device has an agent API or named volumes is asked at every push and many reports: of
 # a few versions, each parsed once.
@@ -325,6 +328,16 @@ class VirtualDevice:
         again only when one of them differs. Services and volumes keep their own encoded reports
         the same way. Compared by value, so no code that changes a device needs to tell the cache.
         """
+        return self.report_update(base_url, None)[0]
+
+    def report_update(self, base_url: str, since: Reported | None) -> tuple[bytes, Reported]:
+        """The report to send after the one the server accepted as `since`, and what it reports.
+
+        As a real agent does, the device sends only what changed since (PROTOCOL.md, State
+        report): `{}` when nothing did (a heartbeat: the device is alive), the volumes when their
+        files grew, the uptime after a boot; the whole state when anything else changed, or
+        without `since` (the first report, after a refusal, now and then to repair a lost one).
+        """
         services = [s.report_json() for s in self.services]  # update_lock_held follows from them
         made_from = (
             self.status,
@@ -338,6 +351,16 @@ class VirtualDevice:
             base_url,
             *services,
         )
+        volumes = ",".join([v.report_json() for v in self.volumes])
+        booted = int(self.booted_at)
+        reported = (made_from, volumes, booted)
+        if since is not None and since[0] == made_from:
+            parts = []
+            if volumes != since[1]:
+                parts.append(f'"volumes":[{volumes}]')
+            if booted != since[2]:
+                parts.append(f'"uptime_s":{self.uptime_s}')
+            return ("{" + ",".join(parts) + "}").encode(), reported
         if made_from != self._report_made_from:
             rest = encode_json(self.report_payload(base_url) | {"uptime_s": 0, "volumes": 0})
             parts = []
@@ -346,8 +369,7 @@ class VirtualDevice:
                 parts.append(before + gap[:-1])
             self._report_made_from, self._report_parts = made_from, (*parts, rest)
         head, before_volumes, tail = self._report_parts
-        volumes = ",".join([v.report_json() for v in self.volumes])
-        return f"{head}{self.uptime_s}{before_volumes}[{volumes}]{tail}".encode()
+        return f"{head}{self.uptime_s}{before_volumes}[{volumes}]{tail}".encode(), reported
 
     def to_state(self) -> dict[str, Any]:
         """What survives a simulator restart (the state file)."""

@@ -247,6 +247,30 @@ class TestHeartbeatWrites:
         device.refresh_from_db()
         assert device.ip_address == "10.0.0.8" and device.last_seen_at > first
 
+    def test_a_report_of_only_what_changed_keeps_everything_else(self, client, registered):
+        """Agents send their whole state now and then and otherwise only what changed (`{}` when
+        nothing did): a field a report leaves out keeps what the last report said."""
+        device, key = registered
+        whole = self.HEARTBEAT | {
+            "services": [{"name": "main", "image": "main:1", "status": "running", "container_id": "ab" * 32}],
+            "volumes": [{"name": "resin-data", "files": 3, "bytes": 4096}],
+        }
+        patch(client, key, whole)
+        before = Device.objects.get(pk=device.pk)
+        Device.objects.filter(pk=device.pk).update(last_seen_at=timezone.now() - timedelta(seconds=50))
+
+        assert patch(client, key, {}).status_code == 204  # alive, nothing changed
+        after = Device.objects.get(pk=device.pk)
+        assert after.last_seen_at > before.last_seen_at - timedelta(seconds=1) and after.is_online
+        assert (after.agent_status, after.ip_address, after.services, after.volumes, after.booted_at) == (
+            before.agent_status, before.ip_address, before.services, before.volumes, before.booted_at
+        )  # fmt: skip
+
+        grown = [{"name": "resin-data", "files": 4, "bytes": 8192}]
+        assert patch(client, key, {"volumes": grown}).status_code == 204
+        after = Device.objects.get(pk=device.pk)
+        assert after.volumes == grown and after.services == before.services and after.agent_status == "idle"
+
     def test_a_device_coming_back_is_written_at_once(self, client, registered):
         device, key = registered
         patch(client, key, self.HEARTBEAT)

@@ -29,6 +29,7 @@ from aiohttp import web
 from devices.keys import sign_push
 from devices.management.commands.simulate_devices import Command, FleetChoice, plan_new_devices
 from devices.simulator import Simulator, SimulatorThread, VirtualDevice
+from devices.simulator import agent as simulator_agent
 
 PROVISIONING_KEY = "pk-kiosks"
 HEX64 = re.compile(r"^[0-9a-f]{64}$")
@@ -54,6 +55,7 @@ class FakeServer:
         self.reports: dict[str, list[dict[str, Any]]] = {}
         self.report_times: dict[str, list[float]] = {}
         self.refused_reports: dict[str, int] = {}
+        self.unavailable_for = 0  # this many next reports are answered 503
         self.polls: list[tuple[str, str | None, int]] = []
         self.results: list[tuple[str, dict[str, Any], float]] = []
         self.url = ""
@@ -118,6 +120,9 @@ class FakeServer:
             key = request.headers.get("Authorization", "")
             self.refused_reports[key] = self.refused_reports.get(key, 0) + 1
             return web.json_response({"error": "invalid_api_key", "detail": "No."}, status=401)
+        if self.unavailable_for:
+            self.unavailable_for -= 1
+            return web.json_response({"error": "unavailable", "detail": "Later."}, status=503)
         self.reports.setdefault(uuid, []).append(await request.json())
         self.report_times.setdefault(uuid, []).append(time.monotonic())
         return web.Response(status=204)
@@ -319,6 +324,42 @@ def test_reports_follow_the_report_interval():
             gaps = [b - a for a, b in zip(times[1:], times[2:], strict=False)]
             assert all(0.05 < gap < 0.4 for gap in gaps), gaps
             assert sim.stats()["lateness"]["samples"] >= 4
+
+    run(scenario)
+
+
+def test_reports_say_what_changed_since_the_last_accepted_one_and_the_whole_state_now_and_then(monkeypatch):
+    """After the first, whole report: `{}` or the volumes that grew, and the whole state again every
+    FULL_REPORT_EVERY reports, after a refused one, and whenever anything else changed."""
+    monkeypatch.setattr(simulator_agent, "FULL_REPORT_EVERY", 3)
+
+    def whole(report: dict) -> bool:
+        return "services" in report
+
+    async def scenario():
+        async with running(report_interval=0.05) as (server, sim, _):
+            device = new_device(sim)
+            await online(server, sim, device)
+            reports = server.reports[device.uuid]
+            await wait_for(lambda: len(reports) >= 9, what="nine reports")
+            assert [whole(r) for r in reports[:9]] == [True, False, False, False] * 2 + [True]
+            assert all(set(r) <= {"volumes"} for r in reports[:9] if not whole(r))
+            assert any(r == {} for r in reports[:9]) and any(
+                r.get("volumes") for r in reports[:9] if not whole(r)
+            )
+
+            server.unavailable_for = 1
+            await wait_for(lambda: server.unavailable_for == 0, what="a refused report")
+            count = len(reports)
+            await wait_for(lambda: len(reports) > count, what="the next report")
+            assert whole(reports[count])  # the server may not have what the refused one said
+
+            server.set_target(device.uuid, config={"local_mode": True})
+            await sim.poll_now(device.uuid)
+            assert (
+                whole(server.last_report(device.uuid))
+                and server.last_report(device.uuid)["local_mode"] is True
+            )
 
     run(scenario)
 

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
@@ -324,3 +326,47 @@ def test_the_report_body_is_the_encoded_payload_whatever_changed_since_the_last_
             for url in ("http://10.0.0.1:48484", "http://10.0.0.2:48484"):
                 assert device.report_body(url) == encode_json(device.report_payload(url)).encode()
             rng.choice(changes)(device)
+
+
+def test_a_report_after_an_accepted_one_says_only_what_changed_and_adds_up_to_the_whole_state():
+    """What the server holds, every report merged over the previous ones as PATCH merges them, is
+    the device's whole state whatever changed in between; nothing changed is a heartbeat `{}`."""
+    sim = Simulator("http://127.0.0.1:1", seed=6)
+    sim.add_random_devices(40, {"raspberrypi3": "key"})
+    rng = random.Random(6)
+    changes = [
+        lambda d: None,  # nothing: a heartbeat
+        lambda d: None,
+        lambda d: d.write_some_data(rng),
+        lambda d: setattr(d, "status", rng.choice(["idle", "updating", "rebooting"])),
+        lambda d: setattr(d.services[-1], "status", rng.choice(["running", "stopping", "exited"])),
+        lambda d: d.recreate_containers(rng),
+        lambda d: d.clear_persistent_data(),
+        lambda d: d.upgrade_os("5.1.20"),
+        lambda d: setattr(d, "local_mode", not d.local_mode),
+        lambda d: setattr(d, "booted_at", d.booted_at - rng.randint(10, 10_000)),  # it rebooted
+    ]
+    url = "http://10.0.0.1:48484"
+    kinds = Counter()
+    for device in sim.devices.values():
+        body, accepted = device.report_update(url, None)
+        assert body == device.report_body(url)
+        held = json.loads(body)
+        booted = time.time() - held["uptime_s"]  # what the server makes of the uptime
+        for _ in range(25):
+            rng.choice(changes)(device)
+            body, reported = device.report_update(url, accepted)
+            update = json.loads(body)
+            kinds["heartbeat" if update == {} else "partial" if len(update) < len(held) else "full"] += 1
+            if len(update) < len(held):
+                assert set(update) <= {"volumes", "uptime_s"}, update
+            held |= update
+            expected = device.report_payload(url)
+            assert {k: v for k, v in held.items() if k != "uptime_s"} == {
+                k: v for k, v in expected.items() if k != "uptime_s"
+            }
+            if "uptime_s" in update:
+                booted = time.time() - update["uptime_s"]
+            assert abs(booted - device.booted_at) <= 2  # a reboot is reported, the same boot is not
+            accepted = reported
+    assert kinds["heartbeat"] and kinds["partial"] and kinds["full"], kinds

@@ -428,8 +428,8 @@ BOOT_TIME_JITTER_S = 5
 def heartbeat_refresh_s() -> float:
     """How old last_seen_at may grow in the database before an unchanged heartbeat rewrites it.
 
-    A heartbeat that changes nothing else costs an UPDATE of the device row and of every one of its
-    indexes (PostgreSQL cannot update it in place: last_seen_at is indexed for the list's sort), so a
+    A heartbeat that changes nothing else still costs an UPDATE of the device row (in place on its
+    page since last_seen_at is not indexed, see Device.Meta, but a new row version and its WAL), so a
     device online and unchanged has its last_seen_at refreshed only when it is this old: 0.4 x the
     offline threshold, so that with reports more often than that it never goes stale enough to look
     offline (at most 0.4 + one report interval < 1 threshold). A device coming back, or any other

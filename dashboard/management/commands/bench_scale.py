@@ -254,6 +254,7 @@ class Command(BaseCommand):
                 scale.measure_ingest_server_alone(plan)
             if not options["skip_fleet"]:
                 log(f"2. The simulated fleet: {fleet.size:,} devices in {len(fleet.shards)} processes")
+                scale.seed_identity_cache(plan)
                 scale.start_simulators(plan)
                 scale.measure_simulated_fleet(plan, cookies[0])
                 previous = None

@@ -392,11 +392,21 @@ def probe_liveness(
 
 
 def measure_simulated_fleet(plan: Plan, cookie: str) -> None:
+    """The fleet running: measured once every device has had its first report accepted (the whole
+    state; the next ones say what changed, mostly `{}`), or after three report intervals."""
     warm = plan.report_interval + 15
     plan.log(
         f"  {len(plan.fleet.shards)} simulator processes started; {warm} s for every device to start reporting"
     )
+    waited_from = time.monotonic()
     time.sleep(warm)
+    deadline = waited_from + 3 * plan.report_interval
+    while (first := sum(s["totals"].get("reports", 0) for s in simulator_stats(plan))) < plan.fleet.size:
+        if time.monotonic() > deadline:
+            plan.log(f"  only {first:,} reports accepted since the simulators started: measuring anyway")
+            break
+        time.sleep(1)
+    plan.results["state_reports.simulated.settle_s"] = round(time.monotonic() - waited_from, 1)
     before = simulator_stats(plan)
     r = ingest.redis_client()
     lags, backlog = [], []

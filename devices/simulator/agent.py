@@ -267,6 +267,9 @@ class Agent:
             try:
                 status, data, _ = await self._request("PATCH", "/api/v1/device/state", body, auth=key)
             except NETWORK_ERRORS:
+                # The server may have stored it all the same: what changed since the last accepted
+                # report, then changed back, would be left out of a report against that one.
+                self._accepted = None
                 metrics.count("reports_failed")
                 return False
             metrics.record_rtt(time.monotonic() - started)

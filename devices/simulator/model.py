@@ -17,9 +17,6 @@ from typing import Any
 
 from devices.versions import AGENT_API_MIN, OS_NAMED_VOLUMES_MIN, version_key
 
-# A fleet has a handful of versions, and every push asks whether the agent has an API.
-_version_key = functools.lru_cache(maxsize=256)(version_key)
-
 ACTION_KINDS = ("restart", "purge", "reboot", "shutdown")
 
 IDLE = "idle"

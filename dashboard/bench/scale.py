@@ -288,11 +288,12 @@ def measure_ingest_server_alone(plan: Plan) -> None:
     keys, body = write_agent_files(plan)
     heartbeat = body.with_name("heartbeat.json")
     heartbeat.write_text("{}")
-    _replay_reports(plan, keys, body, "state_reports.server_alone", "whole reports")
-    _replay_reports(plan, keys, heartbeat, "state_reports.server_alone.heartbeats", "heartbeats {}")
+    _replay_reports(plan, keys, body, "state_reports.server_alone", "whole reports", "state_reports.per_s")
+    prefix = "state_reports.server_alone.heartbeats"
+    _replay_reports(plan, keys, heartbeat, prefix, "heartbeats {}", f"{prefix}.per_s")
 
 
-def _replay_reports(plan: Plan, keys: Path, body: Path, prefix: str, what: str) -> None:
+def _replay_reports(plan: Plan, keys: Path, body: Path, prefix: str, what: str, rate_key: str) -> None:
     argv = loadgen.agent_reports_command(plan.agent_url, keys, body, plan.ingest_duration, 64, sys.executable)
     generator = "wrk" if loadgen.wrk_available() else "python"
     server = (
@@ -317,10 +318,7 @@ def _replay_reports(plan: Plan, keys: Path, body: Path, prefix: str, what: str) 
         backlog.append(r.scard(ingest.DIRTY))
     drained = wait_for_flush(plan)
     figures = loadgen.parse_agent_reports(output, elapsed)
-    if prefix == "state_reports.server_alone":
-        plan.results["state_reports.per_s"] = round(figures["per_s"], 1)
-    else:
-        plan.results[f"{prefix}.per_s"] = round(figures["per_s"], 1)
+    plan.results[rate_key] = round(figures["per_s"], 1)
     plan.results[f"{prefix}.p50_ms"] = figures["p50_ms"]
     plan.results[f"{prefix}.p99_ms"] = figures["p99_ms"]
     plan.results[f"{prefix}.errors"] = figures["errors"]

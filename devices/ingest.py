@@ -34,7 +34,11 @@ from devices.versions import version_key
 
 log = logging.getLogger(__name__)
 
-DIRTY = "agent:dirty"
+# Devices with a buffered report, scored by when the first of them arrived: the flusher takes the
+# oldest first, so however long the backlog, no device's report waits longer than the backlog takes
+# to drain (with a set and SPOP, a random few waited several times that and looked offline). A sorted
+# set under a new name: a Redis still holding the old set is not in the way.
+DIRTY = "agent:pending"
 URGENT = "agent:urgent"  # dirty devices written first: see _seen_key
 RESULTS = "agent:results"  # a stream: a result stays until the flusher that read it has written it
 RESULTS_GROUP = "flushers"
@@ -79,6 +83,14 @@ def _seen_key(device_id: int | str) -> str:
     writes urgent devices before the rest of a backlog, so "online" and status changes show on the
     pages at once however many heartbeats wait."""
     return f"agent:seen:{device_id}"
+
+
+def _fresh_key(device_id: int | str) -> str:
+    """Set by the flusher while a device's last_seen_at in the database is recent enough that a
+    heartbeat (a report of nothing but being there) would change nothing there: the flusher would
+    drop it (see heartbeat_refresh_s), so the report script does not buffer it at all. It expires
+    when the next heartbeat is due to be written."""
+    return f"agent:fresh:{device_id}"
 
 
 # --- Who is calling --------------------------------------------------------------------------------
@@ -163,7 +175,7 @@ def buffer_report(device_id: int, fields: dict, now: datetime) -> None:
         _report_key(device_id),
         mapping={name: _encode(v) for name, v in (fields | {"last_seen_at": now}).items()},
     )
-    pipe.sadd(DIRTY, device_id)
+    pipe.zadd(DIRTY, {device_id: now.timestamp()}, nx=True)
     # The view takes the reports the fast path cannot: mostly a device's first after a long silence.
     pipe.sadd(URGENT, device_id)
     pipe.set(_seen_key(device_id), str(fields.get("agent_status", "")), ex=settings.DEVICE_OFFLINE_AFTER_S)
@@ -173,13 +185,16 @@ def buffer_report(device_id: int, fields: dict, now: datetime) -> None:
 # Reports from devices whose api keys are in the identity cache, any number in one round trip and one
 # script: for each, look the key up (and keep it cached for IDENTITY_TTL_S more: a device that keeps
 # reporting is never read from the database again; a deleted one is forgotten at once, see
-# forget_api_keys), merge the fields into the device's pending report, mark it dirty, and mark it
-# urgent too when a page would show the difference at once (see `_seen_key`). KEYS: the identity key of
-# each report, then the dirty and the urgent set; ARGV: the identity TTL, how long a device's last
-# status is remembered, then each report's fields and status. For each report the script answers the
-# cached identity ("<id>|<uuid>"), "-" for a key known to be wrong, or "" when the key is not cached
-# (then nothing was written for it and the caller takes the full path, which reads the database). The
-# report and seen keys are derived inside the script: fine on one Redis server, not on a Redis Cluster.
+# forget_api_keys), merge the fields into the device's pending report, mark it dirty (scored by the
+# report's time, unless it is already), and mark it urgent too when a page would show the difference
+# at once (see `_seen_key`). A heartbeat (nothing reported but being there, the status unchanged)
+# while the device is fresh in the database (see `_fresh_key`) only keeps it seen. KEYS: the
+# identity key of each report, then the dirty and the urgent set; ARGV: the identity TTL, how long a
+# device's last status is remembered, then each report's fields, status, time (the dirty score) and
+# "1" for a heartbeat. For each report the script answers the cached identity ("<id>|<uuid>"), "-"
+# for a key known to be wrong, or "" when the key is not cached (then nothing was written for it
+# and the caller takes the full path, which reads the database). The report, seen and fresh keys are
+# derived inside the script: fine on one Redis server, not on a Redis Cluster.
 _REPORTS_BY_KEY = f"""
 local dirty, urgent = KEYS[#KEYS - 1], KEYS[#KEYS]
 local answers = {{}}
@@ -188,18 +203,23 @@ for i = 1, #KEYS - 2 do
   if identity and identity ~= '-' then
     redis.call('EXPIRE', KEYS[i], ARGV[1])
     local id = string.match(identity, '^(%d+)|')
-    local fields = {{}}
-    for part in string.gmatch(ARGV[2 * i + 1], '[^\\31]+') do fields[#fields + 1] = part end
-    redis.call('HSET', '{_report_key("")}' .. id, unpack(fields))
-    redis.call('SADD', dirty, id)
-    local status, seen = ARGV[2 * i + 2], '{_seen_key("")}' .. id
+    local at = 4 * i - 1
+    local status, seen, write = ARGV[at + 1], '{_seen_key("")}' .. id, true
     if status == '' then  -- a report without a status: only whether the device was silent counts
       if redis.call('EXPIRE', seen, ARGV[2]) == 0 then
         redis.call('SET', seen, '', 'EX', ARGV[2])
         redis.call('SADD', urgent, id)
+      elseif ARGV[at + 3] == '1' and redis.call('EXISTS', '{_fresh_key("")}' .. id) == 1 then
+        write = false
       end
     elseif redis.call('SET', seen, status, 'EX', ARGV[2], 'GET') ~= status then
       redis.call('SADD', urgent, id)
+    end
+    if write then
+      local fields = {{}}
+      for part in string.gmatch(ARGV[at], '[^\\31]+') do fields[#fields + 1] = part end
+      redis.call('HSET', '{_report_key("")}' .. id, unpack(fields))
+      redis.call('ZADD', dirty, 'NX', ARGV[at + 2], id)
     end
   end
   answers[i] = identity or ''
@@ -217,12 +237,13 @@ def report_script(client: redis.Redis):
     return client.register_script(_REPORTS_BY_KEY)
 
 
-def report_args(fields: dict, now: datetime) -> tuple[str, str]:
-    """A validated report as the script's arguments: its fields, its status."""
+def report_args(fields: dict, now: datetime) -> tuple[str, str, float, str]:
+    """A validated report as the script's arguments: its fields, its status, its time, whether it
+    is a heartbeat."""
     encoded = _SEPARATOR.join(
         f"{name}{_SEPARATOR}{_encode(value)}" for name, value in (fields | {"last_seen_at": now}).items()
     )
-    return encoded, str(fields.get("agent_status", ""))
+    return encoded, str(fields.get("agent_status", "")), now.timestamp(), "" if fields else "1"
 
 
 def report_script_prefix() -> list:
@@ -314,38 +335,62 @@ class FlushStats:
 
 
 def flush(limit: int = FLUSH_BATCH) -> FlushStats:
-    """Write what is buffered now (up to `limit` devices and results) to the database."""
+    """Write what is buffered now (up to `limit` devices and results) to the database: urgent
+    devices first, then the devices that have waited longest."""
     started = time.monotonic()
     r = redis_client()
     stats = FlushStats()
-    urgent = r.spop(URGENT, limit) or []
-    dirty = r.spop(DIRTY, limit - len(urgent)) if len(urgent) < limit else []
-    device_ids = list(dict.fromkeys(int(i) for i in [*urgent, *(dirty or [])]))
+    urgent = [int(i) for i in r.spop(URGENT, limit) or []]
+    pipe = r.pipeline(transaction=False)
+    if urgent:
+        pipe.zrem(DIRTY, *urgent)  # taken now: not again when their turn in the queue comes
+    if len(urgent) < limit:
+        pipe.zpopmin(DIRTY, limit - len(urgent))
+    answers = pipe.execute()
+    queued = {int(i): score for i, score in answers[-1]} if len(urgent) < limit else {}
+    device_ids = list(dict.fromkeys([*urgent, *queued]))
     if device_ids:
-        taken = _take_script(r)(args=device_ids)  # read and delete together: a report arriving now starts afresh
+        # Read and delete together: a report arriving now starts afresh.
+        taken = _take_script(r)(args=device_ids)
         raw_reports = {device_id: raw for device_id, raw in zip(device_ids, taken, strict=True) if raw}
         reports = {device_id: json.loads(raw) for device_id, raw in raw_reports.items()}
         try:
-            apply_reports(reports)
+            fresh = apply_reports(reports)
         except Exception:
-            _rebuffer(r, raw_reports)  # taken out of Redis above: the next flush writes them
+            # Taken out of Redis above: the next flush writes them, in their old place in the queue.
+            _rebuffer(r, raw_reports, queued)
             raise
+        _mark_fresh(r, fresh)
         stats.reports = len(reports)
     stats.results = _flush_results(r, limit)
     stats.seconds = time.monotonic() - started
     return stats
 
 
-def _rebuffer(r: redis.Redis, raw_reports: dict[int, bytes]) -> None:
+def _rebuffer(r: redis.Redis, raw_reports: dict[int, bytes], queued: dict[int, float]) -> None:
     """Put back reports a failed flush had taken (a database error): merged under what the devices
-    reported since (HSETNX: a newer field wins), and marked dirty again."""
+    reported since (HSETNX: a newer field wins), and marked dirty again (urgent ones first in line)."""
     if not raw_reports:
         return
     pipe = r.pipeline(transaction=False)
     for device_id, raw in raw_reports.items():
         for name, value in json.loads(raw).items():
             pipe.hsetnx(_report_key(device_id), name, json.dumps(value))
-    pipe.sadd(DIRTY, *raw_reports)
+    pipe.zadd(DIRTY, {device_id: queued.get(device_id, 0) for device_id in raw_reports})
+    pipe.execute()
+
+
+def _mark_fresh(r: redis.Redis, fresh: dict[int, datetime]) -> None:
+    """Devices online whose last_seen_at in the database is now `fresh[id]`: until that is
+    heartbeat_refresh_s old, the report script drops their heartbeats (see _fresh_key)."""
+    if not fresh:
+        return
+    now, refresh = timezone.now(), timedelta(seconds=heartbeat_refresh_s())
+    pipe = r.pipeline(transaction=False)
+    for device_id, seen_at in fresh.items():
+        ms = int((seen_at + refresh - now).total_seconds() * 1000)
+        if ms > 0:
+            pipe.set(_fresh_key(device_id), "", px=ms)
     pipe.execute()
 
 
@@ -455,10 +500,13 @@ def _changed_fields(old: dict, fields: dict) -> dict:
     return changed
 
 
-def apply_reports(reports: dict[int, dict]) -> None:
-    """Write reports in bulk and act on what they imply (devices back online, OS updates done)."""
+def apply_reports(reports: dict[int, dict]) -> dict[int, datetime]:
+    """Write reports in bulk and act on what they imply (devices back online, OS updates done).
+
+    Answers, for the devices online after it and not going down, their last_seen_at in the database
+    now: a heartbeat from one of them changes nothing until that is heartbeat_refresh_s old."""
     if not reports:
-        return
+        return {}
     for fields in reports.values():
         for name in DATETIME_FIELDS & fields.keys():
             if isinstance(fields[name], str):  # buffered reports went through JSON
@@ -476,7 +524,7 @@ def apply_reports(reports: dict[int, dict]) -> None:
         }
         cutoff = online_cutoff()
         refresh_before = timezone.now() - timedelta(seconds=heartbeat_refresh_s())
-        came_back, updated, blocking = [], [], []
+        came_back, updated, blocking, fresh = [], [], [], {}
         for device_id, fields in list(reports.items()):
             old = before.get(device_id)
             if old is None:
@@ -492,7 +540,10 @@ def apply_reports(reports: dict[int, dict]) -> None:
             changed = _changed_fields(old, fields)
             if was_online and not changed and old["last_seen_at"] >= refresh_before:
                 del reports[device_id]  # a heartbeat that changes nothing a page would show: see above
+                fresh[device_id] = old["last_seen_at"]
                 continue
+            if old["is_active"] and changed.get("agent_status", old["agent_status"]) not in GOING_DOWN:
+                fresh[device_id] = fields["last_seen_at"]
             reports[device_id] = changed | {"last_seen_at": fields["last_seen_at"]}
             fields = reports[device_id] | {"os_version_key": fields.get("os_version_key", 0)}
             target = old["target_os_version"]
@@ -531,6 +582,7 @@ def apply_reports(reports: dict[int, dict]) -> None:
 
             for device_id in waiting:
                 deliver_waiting.delay(device_id)
+    return fresh
 
 
 def bulk_update_devices(names: tuple[str, ...], rows: list[tuple[int, dict]]) -> None:

@@ -35,6 +35,7 @@ from dashboard.bench.processes import ResourceSampler, Service, group_pids, pids
 from dashboard.bench.provision import SimulatedFleet
 from devices import ingest
 from devices.models import ActionState, Device, DeviceAction
+from devices.selectors import online_q
 from devices.simulator.model import VirtualDevice
 
 REPORT_INTERVAL_S = 20  # the issue's interval; --report-interval measures at another one
@@ -274,7 +275,7 @@ def write_agent_files(plan: Plan) -> tuple[Path, Path]:
 def wait_for_flush(plan: Plan, timeout: float = 120) -> float:
     started = time.monotonic()
     r = ingest.redis_client()
-    _wait(lambda: r.scard(ingest.DIRTY) == 0, timeout, "the flusher to drain the report buffer", plan)
+    _wait(lambda: r.zcard(ingest.DIRTY) == 0, timeout, "the flusher to drain the report buffer", plan)
     return time.monotonic() - started
 
 
@@ -315,7 +316,7 @@ def _replay_reports(plan: Plan, keys: Path, body: Path, prefix: str, what: str, 
         started = time.monotonic()
         output = loadgen.run_agent_reports(argv, plan.ingest_duration + 60)
         elapsed = time.monotonic() - started
-        backlog.append(r.scard(ingest.DIRTY))
+        backlog.append(r.zcard(ingest.DIRTY))
     drained = wait_for_flush(plan)
     figures = loadgen.parse_agent_reports(output, elapsed)
     plan.results[rate_key] = round(figures["per_s"], 1)
@@ -389,6 +390,12 @@ def probe_liveness(
     return in_db or timeout, timeout
 
 
+def oldest_pending_report_s(r: redis.Redis) -> float:
+    """How long the report longest in the buffer has waited for the flusher."""
+    oldest = r.zrange(ingest.DIRTY, 0, 0, withscores=True)
+    return max(0.0, time.time() - oldest[0][1]) if oldest else 0.0
+
+
 def measure_simulated_fleet(plan: Plan, cookie: str) -> None:
     """The fleet running: measured once every device has had its first report accepted (the whole
     state; the next ones say what changed, mostly `{}`), or after three report intervals."""
@@ -407,7 +414,8 @@ def measure_simulated_fleet(plan: Plan, cookie: str) -> None:
     plan.results["state_reports.simulated.settle_s"] = round(time.monotonic() - waited_from, 1)
     before = simulator_stats(plan)
     r = ingest.redis_client()
-    lags, backlog = [], []
+    lags, backlog, waited, shown_offline = [], [], [], []
+    fleet = Device.objects.filter(fleet=plan.fleet.fleet)
     client = httpx.Client(base_url=plan.url, cookies={"sessionid": cookie}, timeout=60)
     with sampler(plan) as used:
         started = time.monotonic()
@@ -417,7 +425,9 @@ def measure_simulated_fleet(plan: Plan, cookie: str) -> None:
             lag = probe_liveness(plan, probe, client)
             if lag:
                 lags.append(lag)
-            backlog.append(r.scard(ingest.DIRTY))
+            backlog.append(r.zcard(ingest.DIRTY))
+            waited.append(oldest_pending_report_s(r))
+            shown_offline.append(plan.fleet.size - fleet.filter(online_q()).count())
             time.sleep(max(0.0, gap - (time.monotonic() - slot)))
             if time.monotonic() - started > plan.duration:
                 break
@@ -456,11 +466,15 @@ def measure_simulated_fleet(plan: Plan, cookie: str) -> None:
         res["liveness_lag_s.max"] = round(max(page_lags), 2)
         res["liveness_lag_db_s.p95"] = round(loadgen.percentile(list(db_lags), 0.95), 2)
     res["liveness_lag.probes"] = len(lags)
+    # Every simulated device reports all along: one the pages count offline is a liveness error.
+    res["liveness.reporting_shown_offline.max"] = max(shown_offline or [0])
+    res["liveness.oldest_pending_report_s.max"] = round(max(waited or [0]), 2)
     record_resources(plan, "state_reports.simulated", used.figures())
     plan.log(f"  {reports / elapsed:,.0f} reports/s of {plan.fleet.size / plan.report_interval:,.0f} offered "
              f"({failed} failed, {missed} slots missed), lateness p50 {late_p50:.3f} s p99 {late_p99:.3f} s, "
              f"report RTT p50 {rtt_p50} ms, {polls:.0f} polls/s; liveness lag (page) "
-             f"{[round(p, 2) for _, p in lags]} s; buffer max {max(backlog or [0]):,}")  # fmt: skip
+             f"{[round(p, 2) for _, p in lags]} s; buffer max {max(backlog or [0]):,}, oldest pending report "
+             f"{max(waited or [0]):.1f} s; reporting devices the pages count offline: {shown_offline}")  # fmt: skip
     plan.log(f"  CPU/memory: {used.figures()}")
 
 

@@ -4,6 +4,7 @@ Django view, and everything it does not handle reaches Django unchanged."""
 import io
 import json
 import sys
+from datetime import timedelta
 
 import pytest
 from django.core.handlers.wsgi import WSGIHandler
@@ -222,7 +223,7 @@ class TestDevicesComingBackFirst:
         assert all(device.is_online for device in Device.objects.filter(pk__in=[d.pk for d, _ in devices]))
 
         self.report(devices)  # heartbeats, same status: not urgent
-        assert r.scard(ingest.URGENT) == 0 and r.scard(ingest.DIRTY) == len(devices)
+        assert r.scard(ingest.URGENT) == 0 and r.zcard(ingest.DIRTY) == len(devices)
         (back, _), (rebooting, _) = devices[0], devices[1]
         r.delete(ingest._seen_key(back.pk))  # silent for the offline threshold: what expiry does
         self.report(devices[:1])
@@ -249,3 +250,95 @@ class TestDevicesComingBackFirst:
         ingest.flush()
         ingest.buffer_report_by_key(hash_secret(key), {"uptime_s": 7}, now)
         assert r.scard(ingest.URGENT) == 0
+
+
+class TestBacklogOrder:
+    """However long the backlog, the devices that have waited longest are written first: a device
+    reporting all along never looks offline because its turn was drawn late."""
+
+    def test_a_backlog_is_written_oldest_first(self, fleet):
+        r = ingest.redis_client()
+        devices = []
+        for n in range(5):
+            key = f"key-{n}-" + "y" * 20
+            device = make_device(fleet, api_key=key, online=False)
+            ingest.remember_identity(hash_secret(key), (device.pk, device.uuid))
+            devices.append((device, key))
+        started = timezone.now()
+        for n, (_, key) in enumerate(reversed(devices)):  # the last device made reports first
+            at = started + timedelta(seconds=n)
+            ingest.buffer_report_by_key(hash_secret(key), {"uptime_s": 5}, at)
+        r.delete(ingest.URGENT)  # all of them are only heartbeats in the backlog now
+        for _, key in devices:  # a later report keeps a device's place in the queue
+            ingest.buffer_report_by_key(hash_secret(key), {"uptime_s": 9}, started + timedelta(seconds=9))
+        r.delete(ingest.URGENT)
+
+        written = []
+        for _ in devices:
+            ingest.flush(limit=1)
+            online = {d.pk for d in Device.objects.filter(pk__in=[d.pk for d, _ in devices]) if d.is_online}
+            written.append((online - set(written)).pop())
+        assert written == [device.pk for device, _ in reversed(devices)]
+        assert r.zcard(ingest.DIRTY) == 0
+
+
+class TestHeartbeatsOfFreshDevices:
+    """A heartbeat (`{}`: nothing but being there) of a device whose last_seen_at the database has
+    recently is not buffered at all: the flusher would only drop it. Anything else still is."""
+
+    @pytest.fixture
+    def device(self, fleet, settings):
+        settings.DEVICE_OFFLINE_AFTER_S = 60
+        key = "key-fresh-" + "z" * 20
+        device = make_device(fleet, api_key=key, online=False)
+        ingest.remember_identity(hash_secret(key), (device.pk, device.uuid))
+        ingest.buffer_report_by_key(hash_secret(key), {"agent_status": "idle"}, timezone.now())
+        ingest.flush()
+        device.refresh_from_db()
+        assert device.is_online
+        return device, key
+
+    def test_a_heartbeat_while_fresh_is_only_seen(self, device):
+        device, key = device
+        r = ingest.redis_client()
+        ttl_ms = r.pttl(ingest._fresh_key(device.pk))
+        assert 0.35 * 60_000 < ttl_ms <= 0.4 * 60_000  # until heartbeat_refresh_s after its last_seen_at
+        r.expire(ingest._seen_key(device.pk), 5)
+        assert ingest.buffer_report_by_key(hash_secret(key), {}, timezone.now()).id == device.pk
+        assert r.zcard(ingest.DIRTY) == 0 and not r.exists(ingest._report_key(device.pk))
+        assert r.ttl(ingest._seen_key(device.pk)) > 50  # still seen: online for the offline threshold
+
+    def test_once_due_a_heartbeat_is_written(self, device):
+        device, key = device
+        r = ingest.redis_client()
+        # Written 30 s ago, past heartbeat_refresh_s (24 s): the fresh key has expired.
+        Device.objects.filter(pk=device.pk).update(last_seen_at=timezone.now() - timedelta(seconds=30))
+        r.delete(ingest._fresh_key(device.pk))
+        now = timezone.now()
+        ingest.buffer_report_by_key(hash_secret(key), {}, now)
+        assert r.zcard(ingest.DIRTY) == 1
+        ingest.flush()
+        assert Device.objects.get(pk=device.pk).last_seen_at == now
+        assert r.pttl(ingest._fresh_key(device.pk)) > 0.35 * 60_000
+
+    @pytest.mark.parametrize("report", [{"uptime_s": 99}, {"agent_status": "rebooting"}, {"volumes": []}])
+    def test_a_report_with_anything_in_it_is_buffered_while_fresh(self, device, report):
+        device, key = device
+        ingest.buffer_report_by_key(hash_secret(key), report, timezone.now())
+        assert ingest.redis_client().zcard(ingest.DIRTY) == 1
+
+    def test_a_device_silent_past_the_threshold_is_buffered_and_urgent(self, device):
+        device, key = device
+        r = ingest.redis_client()
+        r.delete(ingest._seen_key(device.pk))
+        ingest.buffer_report_by_key(hash_secret(key), {}, timezone.now())
+        assert r.zcard(ingest.DIRTY) == 1 and r.sismember(ingest.URGENT, device.pk)
+
+    def test_a_deactivated_device_is_not_marked_fresh(self, device, fleet):
+        device, key = device
+        r = ingest.redis_client()
+        Device.objects.filter(pk=device.pk).update(is_active=False)
+        r.delete(ingest._fresh_key(device.pk))
+        ingest.buffer_report_by_key(hash_secret(key), {}, timezone.now())
+        ingest.flush()
+        assert not r.exists(ingest._fresh_key(device.pk))

@@ -59,7 +59,7 @@ def test_a_report_is_buffered_and_written_like_the_views(agent_server, fleet):
         assert (status, body) == (204, b"")
         assert headers["X-Content-Type-Options"] == "nosniff"
     device = Device.objects.get(uuid=uuid)
-    assert ingest.redis_client().sismember(ingest.DIRTY, device.pk)
+    assert ingest.redis_client().zscore(ingest.DIRTY, device.pk) is not None
     ingest.flush()
     device.refresh_from_db()
     assert (device.os_version, device.agent_version, device.ip_address) == ("2.95.12", "1.5.0", "10.0.0.7")

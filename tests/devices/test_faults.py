@@ -345,7 +345,7 @@ class TestDatabaseErrorDuringFlush:
 
         assert failed and "devices_device" in failed[0]
         assert Device.objects.filter(pk=device.pk).values().get() == before
-        assert ingest.redis_client().sismember(ingest.DIRTY, device.pk)
+        assert ingest.redis_client().zscore(ingest.DIRTY, device.pk) is not None
 
         assert ingest.flush().reports == 1
         device.refresh_from_db()

@@ -74,6 +74,8 @@ ROWS = [
     ("liveness_lag_s", "online/offline lag: report sent -> device page shows it, p95 s"),
     ("liveness_lag_s.p50", "  p50 s"),
     ("liveness_lag_db_s.p95", "  report sent -> last_seen_at in the database, p95 s"),
+    ("liveness.oldest_pending_report_s.max", "  longest a report waited in the buffer, s"),
+    ("liveness.reporting_shown_offline.max", "  devices reporting all along but counted offline, max"),
     ("restart_fleet.end_to_end_s.{label}", "restart of the fleet: every outcome final, s (idle dashboard)"),
     ("restart_fleet.fanout_s.{label}", "  every push answered (fan-out), s"),
     ("restart_fleet.succeeded.{label}", "  succeeded"),

@@ -182,9 +182,14 @@ CELERY_TASK_IGNORE_RESULT = True
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_VISIBILITY_TIMEOUT_S = env_int("CELERY_VISIBILITY_TIMEOUT_S", 300)
 CELERY_BROKER_TRANSPORT_OPTIONS = {
     # A message a killed worker held comes back after this long (late acks).
-    "visibility_timeout": env_int("CELERY_VISIBILITY_TIMEOUT_S", 300),
+    "visibility_timeout": CELERY_VISIBILITY_TIMEOUT_S,
+    # kombu looks for such messages every interval x throttle seconds, 10 x 10 by default: up to 100 s
+    # more before a killed worker's batches are sent again. Every tenth of the timeout instead.
+    "unacked_restore_interval": max(1, min(10, CELERY_VISIBILITY_TIMEOUT_S // 10)),
+    "unacked_restore_throttle": 1,
     "socket_connect_timeout": 2,
     "socket_timeout": 5,
 }

@@ -6,10 +6,11 @@ hash. A flusher (a thread in every Celery worker, or `manage.py flush_agent_repo
 drains the buffer every AGENT_FLUSH_INTERVAL_S with one UPDATE per thousand devices, and takes the
 actions a report implies in bulk too: queued actions for devices that came back, OS updates that
 reached their target or that the update lock holds back. Action results are buffered the same way
-and applied as grouped transitions. Several flushers may run at once: SPOP hands each device's report
-to one, and results go through a Redis stream consumer group, acknowledged only after they are
-written, so a flusher killed mid-way loses none (reports are snapshots: the next one repairs a lost
-one). A flush that fails on the database puts the reports it had taken back into the buffer.
+and applied as grouped transitions. Several flushers may run at once: ZPOPMIN (SPOP for urgent
+ones) hands each device's report to one, and results go through a Redis stream consumer group,
+acknowledged only after they are written, so a flusher killed mid-way loses none (reports are
+snapshots: the next one repairs a lost one). A flush that fails on the database puts the reports
+it had taken back into the buffer.
 """
 
 import json
@@ -332,6 +333,7 @@ class FlushStats:
     reports: int = 0
     results: int = 0
     seconds: float = 0.0
+    full: bool = False  # took as many reports or results as it could: more may be waiting
 
 
 def flush(limit: int = FLUSH_BATCH) -> FlushStats:
@@ -363,6 +365,7 @@ def flush(limit: int = FLUSH_BATCH) -> FlushStats:
         _mark_fresh(r, fresh)
         stats.reports = len(reports)
     stats.results = _flush_results(r, limit)
+    stats.full = len(device_ids) >= limit or stats.results >= limit
     stats.seconds = time.monotonic() - started
     return stats
 
@@ -633,7 +636,7 @@ def run_flusher(stop: threading.Event, interval: float | None = None) -> None:
     interval = settings.AGENT_FLUSH_INTERVAL_S if interval is None else interval
     while not stop.wait(interval):
         try:
-            while flush().reports >= FLUSH_BATCH:  # keep up when more than a batch piled up
+            while flush().full:  # keep up when more than a batch piled up
                 pass
         except Exception:
             log.exception("flushing agent reports failed; retrying")

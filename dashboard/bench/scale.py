@@ -398,7 +398,8 @@ def oldest_pending_report_s(r: redis.Redis) -> float:
 
 def measure_simulated_fleet(plan: Plan, cookie: str) -> None:
     """The fleet running: measured once every device has had its first report accepted (the whole
-    state; the next ones say what changed, mostly `{}`), or after three report intervals."""
+    state; the next ones say what changed, mostly `{}`), or after three report intervals, and the
+    pages show every device online (or two intervals more)."""
     warm = plan.report_interval + 15
     plan.log(
         f"  {len(plan.fleet.shards)} simulator processes started; {warm} s for every device to start reporting"
@@ -411,11 +412,19 @@ def measure_simulated_fleet(plan: Plan, cookie: str) -> None:
             plan.log(f"  only {first:,} reports accepted since the simulators started: measuring anyway")
             break
         time.sleep(1)
+    # Then until the flusher has caught up with those first reports: every device online on the
+    # pages (the fleet's, started before the simulators, shows offline until its first is written).
+    fleet = Device.objects.filter(fleet=plan.fleet.fleet)
+    deadline = time.monotonic() + 2 * plan.report_interval
+    while (offline := plan.fleet.size - fleet.filter(online_q()).count()) > 0:
+        if time.monotonic() > deadline:
+            plan.log(f"  {offline:,} devices not yet shown online: measuring anyway")
+            break
+        time.sleep(2)
     plan.results["state_reports.simulated.settle_s"] = round(time.monotonic() - waited_from, 1)
     before = simulator_stats(plan)
     r = ingest.redis_client()
     lags, backlog, waited, shown_offline = [], [], [], []
-    fleet = Device.objects.filter(fleet=plan.fleet.fleet)
     client = httpx.Client(base_url=plan.url, cookies={"sessionid": cookie}, timeout=60)
     with sampler(plan) as used:
         started = time.monotonic()
@@ -498,10 +507,16 @@ def post_restart(plan: Plan, cookie: str) -> int:
 def follow_action(plan: Plan, action_id: int, posted: float) -> dict:
     """Poll the action's counters until it is done (or the timeout): fan-out and end-to-end times."""
     fanout = done = None
-    row = {}
+    row, timeline, noted = {}, [], 0.0
     while time.monotonic() - posted < plan.restart_timeout:
         close_old_connections()
         row = DeviceAction.objects.filter(pk=action_id).values().get()
+        if time.monotonic() - noted >= 15:  # where the time goes: answered pushes, final outcomes
+            noted = time.monotonic()
+            final = row["target_count"] - sum(
+                row[f"{s}_count"] for s in ("pending", "sending", "sent", "waiting")
+            )
+            timeline.append(f"{noted - posted:.0f}s: {row['sent_count']:,} sent, {final:,} final")
         dispatched = row["state"] in (ActionState.DISPATCHING, ActionState.DONE)
         if fanout is None and dispatched and row["pending_count"] == 0 and row["sending_count"] == 0:
             fanout = time.monotonic() - posted
@@ -510,16 +525,35 @@ def follow_action(plan: Plan, action_id: int, posted: float) -> dict:
             break
         time.sleep(0.5)
     states = ["succeeded", "failed", "missed", "unsupported", "blocked", "sent", "pending", "sending"]
+    plan.log("  progress: " + "; ".join(timeline))
     return {"fanout_s": fanout, "end_to_end_s": done, "target": row.get("target_count", 0)} | {
         state: row.get(f"{state}_count", 0) for state in states
     }
 
 
+SIMULATOR_ACTION_TOTALS = (
+    "pushes",
+    "pushes_duplicate",
+    "pushes_refused_lock",
+    "executed_restart",
+    "results",
+    "results_failed",
+)
+
+
+def simulator_action_totals(plan: Plan) -> dict:
+    totals = [s["totals"] for s in simulator_stats(plan)]
+    return {name: sum(t.get(name, 0) for t in totals) for name in SIMULATOR_ACTION_TOTALS}
+
+
 def measure_restart(plan: Plan, cookie: str) -> dict:
+    before = simulator_action_totals(plan)
     with sampler(plan) as used:
         posted = time.monotonic()
         action_id = post_restart(plan, cookie)
         outcome = follow_action(plan, action_id, posted)
+    after = simulator_action_totals(plan)
+    plan.log(f"  the simulators: { {name: after[name] - before[name] for name in after} }")
     label = plan.label
     res = plan.results
     res[f"restart_fleet.end_to_end_s.{label}"] = _rounded(outcome["end_to_end_s"], plan.restart_timeout)

@@ -329,13 +329,20 @@ class Simulator:
     # -- stats -----------------------------------------------------------------------------
 
     def stats(self, window_s: float | None = 60.0) -> dict[str, Any]:
-        devices = self.devices.values()
+        online = dark = orphaned = unregistered = 0
+        for d in self.devices.values():  # one pass: asked every few seconds of 25,000 devices
+            up = d.powered and not d.rebooting  # d.is_up, without a property call per device
+            registered = d.api_key is not None
+            online += registered and up and not d.orphaned
+            dark += not up
+            orphaned += d.orphaned
+            unregistered += not registered
         counts = {
             "devices": len(self.devices),
-            "online": sum(1 for d in devices if d.registered and d.is_up and not d.orphaned),
-            "dark": sum(1 for d in devices if not d.is_up),
-            "orphaned": sum(1 for d in devices if d.orphaned),
-            "unregistered": sum(1 for d in devices if not d.registered),
+            "online": online,
+            "dark": dark,
+            "orphaned": orphaned,
+            "unregistered": unregistered,
             "report_interval_s": self.report_interval,
             "poll_interval_s": self.poll_interval,
         }

@@ -192,6 +192,29 @@ class TestBufferedIngestion:
             "2.95.12"}
         assert all(d.is_online for d in Device.objects.filter(pk__in=[d.pk for d in devices]))
 
+    @pytest.mark.parametrize("heavy", [1, 30], ids=["a few report services", "most report services"])
+    def test_a_batch_of_heartbeats_and_service_changes_writes_exactly_what_changed(self, fleet, heavy):
+        """Services are read back only for the devices that reported them: the others keep theirs,
+        and one reporting the services it has is a heartbeat."""
+        from django.utils import timezone
+
+        running = [{"name": "main", "image": "main:1", "status": "running", "container_id": "a" * 64}]
+        devices = [make_device(fleet, services=running, volumes=[{"name": "data", "files": 1, "bytes": 9}])
+                   for _ in range(40)]  # fmt: skip
+        Device.objects.filter(pk__in=[d.pk for d in devices]).update(last_seen_at=timezone.now())
+        stopping = [running[0] | {"status": "stopping"}]
+        now = timezone.now()
+        for n, device in enumerate(devices):
+            report = {"services": stopping} if n < heavy else {}
+            ingest.buffer_report(device.pk, report, now)
+        ingest.buffer_report(devices[-1].pk, {"services": running}, now)  # what it has: nothing new
+        ingest.flush()
+        rows = {d.pk: d for d in Device.objects.filter(pk__in=[d.pk for d in devices])}
+        assert [rows[d.pk].services[0]["status"] for d in devices] == ["stopping"] * heavy + ["running"] * (40 - heavy)
+        assert all(rows[d.pk].volumes == [{"name": "data", "files": 1, "bytes": 9}] for d in devices)
+        assert rows[devices[0].pk].last_seen_at == now
+        assert rows[devices[-1].pk].last_seen_at < now  # unchanged and fresh: not rewritten
+
     def test_later_fields_win_and_earlier_ones_are_kept(self, client, registered):
         device, key = registered
         client.patch(STATE, json.dumps({"status": "updating", "os_update_progress": 10}),

@@ -77,6 +77,14 @@ class Command(BaseCommand):
         parser.add_argument("--poll-interval", type=float, default=15.0, metavar="S")
         parser.add_argument("--reboot-seconds", type=float, default=5.0, metavar="S")
         parser.add_argument("--sigkill-after", type=float, default=10.0, metavar="S")
+        parser.add_argument(
+            "--connections",
+            type=int,
+            default=100,
+            metavar="N",
+            help="keep-alive connections to the server shared by this process's devices (each real "
+            "device has its own; too few for thousands of devices and their requests wait in line)",
+        )
         parser.add_argument("--os-update-seconds", type=float, default=10.0, metavar="S")
         parser.add_argument(
             "--fleet",
@@ -129,6 +137,7 @@ class Command(BaseCommand):
             poll_interval=options["poll_interval"],
             reboot_seconds=options["reboot_seconds"],
             sigkill_after=options["sigkill_after"],
+            connection_limit=options["connections"],
             os_update_seconds=options["os_update_seconds"],
             seed=options["seed"],
             advertise_host=options["advertise_host"],

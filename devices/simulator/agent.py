@@ -483,9 +483,12 @@ class Agent:
         dev = self.device
         for service in dev.services:
             service.status = "stopping"
-        await self.report()
         killed = [s.name for s in dev.services if s.ignores_sigterm]
         if killed:
+            # Stopping for the grace period: worth a report. Containers that stop at once are only
+            # reported running again, as an agent that throttles its reports (balena's supervisor
+            # sends at most one every 10 s) never tells of a state that lasted milliseconds.
+            await self.report()
             await asyncio.sleep(self.sim.sigkill_after)
         if not self._alive(boot):
             return None

@@ -537,6 +537,9 @@ def test_restart_recreates_every_container_and_sigkills_a_service_ignoring_sigte
             assert [(v.name, v.files, v.bytes) for v in device.volumes] == volumes
             reported = {s["name"]: s["container_id"] for s in server.last_report(device.uuid)["services"]}
             assert reported == {s.name: s.container_id for s in device.services}
+            # Stopping for the grace period was reported while it lasted.
+            statuses = [[s["status"] for s in r["services"]] for r in server.reports[device.uuid] if "services" in r]
+            assert ["stopping", "stopping"] in statuses
 
     run(scenario)
 
@@ -547,10 +550,14 @@ def test_restart_without_a_service_ignoring_sigterm_does_not_wait_for_the_grace(
             device = new_device(sim, services=["main"])
             await online(server, sim, device)
             started = time.monotonic()
+            reports = len(server.reports[device.uuid])
             await action(session, sim, device, "restart", "r-1")
             await wait_for(lambda: server.results_of(device.uuid), timeout=2.0, what="the result")
             assert server.results[-1][2] - started < 1.0
             assert server.results_of(device.uuid)[0]["reason"] == "1 service recreated"
+            # One report, with the new containers running: "stopping" lasted no time worth telling.
+            (report,) = [r for r in server.reports[device.uuid][reports:] if "services" in r]
+            assert [s["status"] for s in report["services"]] == ["running"]
 
     run(scenario)
 

@@ -38,8 +38,9 @@ from devices.models import ActionState, Device, DeviceAction
 from devices.selectors import online_q
 from devices.simulator.model import VirtualDevice
 
-# Per simulator process (25,000 devices): with 100, a restart's reports and results waited in line
-# behind the heartbeats for most of a minute (report round trip p50 0.66 s, the slot wait included).
+# Per simulator process (25,000 devices; a real device has a connection of its own). With 100 the
+# slots were all busy and a restart's reports and results waited for one behind the heartbeats; with
+# 400 they wait in the saturated cores' run queues instead: the restart was no faster (2026-12-02).
 SIMULATOR_CONNECTIONS = 400
 REPORT_INTERVAL_S = 20  # the issue's interval; --report-interval measures at another one
 

@@ -196,6 +196,17 @@ def test_http_is_redirected_by_django_when_https_is_required(registered):  # noq
     assert status == 301 and app.app.calls == 2
 
 
+def known_devices(fleet, n: int) -> list[tuple[Device, str]]:
+    """`n` offline devices and their api keys, their identities cached as after a first report."""
+    pairs = []
+    for i in range(n):
+        key = f"key-{i}-" + "x" * 20
+        device = make_device(fleet, api_key=key, online=False)
+        ingest.remember_identity(hash_secret(key), (device.pk, device.uuid))
+        pairs.append((device, key))
+    return pairs
+
+
 class TestDevicesComingBackFirst:
     """The flusher writes devices whose pages would change at once (back after a silence, another
     status) before the heartbeats of a backlog."""
@@ -207,13 +218,7 @@ class TestDevicesComingBackFirst:
 
     @pytest.fixture
     def devices(self, fleet):
-        pairs = []
-        for n in range(6):
-            key = f"key-{n}-" + "x" * 20
-            device = make_device(fleet, api_key=key, online=False)
-            ingest.remember_identity(hash_secret(key), (device.pk, device.uuid))
-            pairs.append((device, key))
-        return pairs
+        return known_devices(fleet, 6)
 
     def test_heartbeats_wait_and_devices_back_or_changing_go_first(self, devices):
         r = ingest.redis_client()
@@ -258,12 +263,7 @@ class TestBacklogOrder:
 
     def test_a_backlog_is_written_oldest_first(self, fleet):
         r = ingest.redis_client()
-        devices = []
-        for n in range(5):
-            key = f"key-{n}-" + "y" * 20
-            device = make_device(fleet, api_key=key, online=False)
-            ingest.remember_identity(hash_secret(key), (device.pk, device.uuid))
-            devices.append((device, key))
+        devices = known_devices(fleet, 5)
         started = timezone.now()
         for n, (_, key) in enumerate(reversed(devices)):  # the last device made reports first
             at = started + timedelta(seconds=n)
@@ -289,9 +289,7 @@ class TestHeartbeatsOfFreshDevices:
     @pytest.fixture
     def device(self, fleet, settings):
         settings.DEVICE_OFFLINE_AFTER_S = 60
-        key = "key-fresh-" + "z" * 20
-        device = make_device(fleet, api_key=key, online=False)
-        ingest.remember_identity(hash_secret(key), (device.pk, device.uuid))
+        ((device, key),) = known_devices(fleet, 1)
         ingest.buffer_report_by_key(hash_secret(key), {"agent_status": "idle"}, timezone.now())
         ingest.flush()
         device.refresh_from_db()

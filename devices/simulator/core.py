@@ -331,8 +331,7 @@ class Simulator:
     def stats(self, window_s: float | None = 60.0) -> dict[str, Any]:
         online = dark = orphaned = unregistered = 0
         for d in self.devices.values():  # one pass: asked every few seconds of 25,000 devices
-            up = d.powered and not d.rebooting  # d.is_up, without a property call per device
-            registered = d.api_key is not None
+            up, registered = d.is_up, d.registered
             online += registered and up and not d.orphaned
             dark += not up
             orphaned += d.orphaned

@@ -18,3 +18,11 @@ def start_agent_flusher(sender=None, **kwargs):
         from devices.ingest import start_flusher_thread
 
         start_flusher_thread()
+
+
+@signals.worker_process_init.connect
+def freeze_child(sender=None, **kwargs):
+    """A prefork child starts with the parent's modules, settings and tasks: frozen (longlived)."""
+    from dashboard.longlived import freeze_long_lived
+
+    freeze_long_lived()

@@ -37,6 +37,7 @@ import redis.asyncio as aioredis
 from django.conf import settings
 from redis.exceptions import RedisError
 
+from dashboard.longlived import freeze_long_lived
 from devices import ingest, targets
 from devices.agent_wsgi import AgentReportFastPath
 
@@ -219,6 +220,7 @@ class AgentServer:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         log.info("agent API server on http://%s:%s", self.host, self.port)
+        freeze_long_lived()
         if ready is not None:
             ready()
         try:

@@ -3,6 +3,7 @@ import threading
 
 from django.core.management.base import BaseCommand
 
+from dashboard.longlived import freeze_long_lived
 from devices import ingest
 
 
@@ -24,4 +25,5 @@ class Command(BaseCommand):
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, lambda *_: stop.set())
         self.stdout.write("Flushing agent reports until stopped.")
+        freeze_long_lived()
         ingest.run_flusher(stop, interval)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import gc
 import logging
 import random
 import signal
@@ -14,6 +13,7 @@ from typing import Any
 import uvloop
 from django.core.management.base import BaseCommand, CommandError
 
+from dashboard.longlived import freeze_long_lived
 from devices.simulator import Simulator
 
 # Share of new devices of the fleet's default type; the rest get another type of the same CPU.
@@ -263,11 +263,11 @@ class Command(BaseCommand):
             await sim.start()
         except OSError as exc:
             raise CommandError(f"Cannot listen on {sim.host}:{sim.port}: {exc.strerror or exc}") from exc
-        # Tens of thousands of devices, their agents and tasks are millions of objects that live as
-        # long as the process: the collector walking them all again and again took a fifth of a
-        # simulator's CPU (py-spy, 25,000 devices). Frozen, collections see only what came since.
-        gc.collect()
-        gc.freeze()
+        # Tens of thousands of devices are millions of objects that live as long as the process, and
+        # their agents make as many again as they start (coroutines, futures, connection state):
+        # frozen now, and again once every device has started and reported once (longlived).
+        freeze_long_lived()
+        loop.call_later(sim.start_spread + sim.report_interval, freeze_long_lived)
         self.stdout.write(
             f"simulating {len(sim.devices)} devices against {sim.server_url}; "
             f"agent APIs at {sim.url}/d/<uuid>, control at {sim.url}/sim/devices. Ctrl-C stops."

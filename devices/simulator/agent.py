@@ -53,6 +53,8 @@ class Agent:
         # FULL_REPORT_EVERY reports, so a report the server lost is repaired within minutes.
         self._accepted: tuple[str | None, Reported] | None = None
         self._since_full = 0
+        # When the last accepted report went out (loop time): a heartbeat is due one interval later.
+        self._reported_at = float("-inf")
         self._poll_lock = asyncio.Lock()
         self._updating = False  # a release or OS update is running or queued on the action lock
         self._last_blocked = ""
@@ -128,9 +130,18 @@ class Agent:
         interval = sim.report_interval
         due = loop.time() + interval
         orphan_skips = 0
+        counted_from = self._reported_at
         while True:
             if due > loop.time():
                 await sim.wakeups.sleep_until(due)
+            if self._reported_at != counted_from and dev.is_up and not dev.orphaned:
+                # Another report went out since this loop's last (a change's, a restart's): it
+                # said the device is alive, so the interval counts from it, as an agent that
+                # reports on change and sends heartbeats only when quiet. Never longer than
+                # `interval` without a report.
+                counted_from = self._reported_at
+                due = counted_from + interval
+                continue
             if not dev.is_up:
                 pass  # dark: nothing to say, and nobody to say it
             elif dev.orphaned:
@@ -144,6 +155,7 @@ class Agent:
                 sim.metrics.record_lateness(loop.time() - due)
                 dev.write_some_data(sim.rng)
                 await self.report()
+                counted_from = self._reported_at
             due += interval
             now = loop.time()
             if due < now:  # fell more than a whole interval behind: skip slots rather than burst
@@ -263,7 +275,7 @@ class Agent:
                 else None
             )
             body, reported = dev.report_update(self.sim.url, since)
-            started = time.monotonic()
+            started, sent_at = time.monotonic(), asyncio.get_running_loop().time()
             try:
                 status, data, _ = await self._request("PATCH", "/api/v1/device/state", body, auth=key)
             except NETWORK_ERRORS:
@@ -274,7 +286,7 @@ class Agent:
                 return False
             metrics.record_rtt(time.monotonic() - started)
             if 200 <= status < 300:
-                self._accepted = (key, reported)
+                self._accepted, self._reported_at = (key, reported), sent_at
                 self._since_full = 0 if since is None else self._since_full + 1
             else:
                 self._accepted = None  # refused or not stored: the next report says everything

@@ -328,6 +328,33 @@ def test_reports_follow_the_report_interval():
     run(scenario)
 
 
+def test_a_report_on_change_takes_the_place_of_the_next_heartbeat():
+    """A heartbeat only says "alive, nothing changed": a report sent for a change (a restart's new
+    containers) restarts the interval, so a fleet restart's reports replace heartbeats rather than
+    come on top of them, and a device still never goes an interval without a report."""
+
+    async def scenario():
+        async with running(report_interval=0.4) as (server, sim, _):
+            device = new_device(sim)
+            await online(server, sim, device)
+            times = server.report_times[device.uuid]
+            await wait_for(lambda: len(times) >= 2, what="a heartbeat")
+            heartbeat = times[-1]
+            await asyncio.sleep(0.15)
+            assert await sim.agents[device.uuid].report()  # what a change makes the agent send
+            changed = times[-1]
+            await asyncio.sleep(0.9)
+            after = [t - changed for t in times if t > changed]
+            assert after, "no heartbeat after the change's report"
+            # The slot 0.4 s after the last heartbeat (0.25 s after the change) was not used: the
+            # next heartbeat came an interval after the change.
+            assert 0.3 < after[0] < 0.55, (changed - heartbeat, after)
+            gaps = [b - a for a, b in zip(times[1:], times[2:], strict=False)]
+            assert max(gaps) < 0.55, gaps
+
+    run(scenario)
+
+
 def test_reports_say_what_changed_since_the_last_accepted_one_and_the_whole_state_now_and_then(monkeypatch):
     """After the first, whole report: `{}` or the volumes that grew, and the whole state again every
     FULL_REPORT_EVERY reports, after a refused one, and whenever anything else changed."""

@@ -13,11 +13,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import os
 import subprocess
 import sys
 
 import uvloop
+
+from dashboard.longlived import freeze_long_lived
 
 from .core import Simulator
 
@@ -58,9 +61,15 @@ async def measure(port: int, args: argparse.Namespace) -> str:
     for index, device in enumerate(sim.devices.values()):  # registered already
         device.api_key, device.push_secret, device.fleet_id = f"key-{index:08d}", "secret", 1
     await sim.start()
+    if args.gc == "frozen":  # as simulate_devices does (dashboard.longlived)
+        freeze_long_lived()
+        asyncio.get_running_loop().call_later(sim.start_spread + sim.report_interval, freeze_long_lived)
+    elif args.gc == "start":  # what simulate_devices did before (2026-12-02)
+        gc.collect()
+        gc.freeze()
     try:
-        # Every device started (start spread: one interval) and settled.
-        await asyncio.sleep(args.interval + args.warmup)
+        # Every device started (start spread: one interval), reported once and settled.
+        await asyncio.sleep(2 * args.interval + args.warmup)
         totals = sim.metrics.totals
         reports, polls, cpu = totals["reports"], totals["polls"], os.times()
         await asyncio.sleep(args.seconds)
@@ -75,7 +84,7 @@ async def measure(port: int, args: argparse.Namespace) -> str:
         f"{args.devices} devices every {args.interval:g} s: {reports} reports, {polls} polls, {failed} failed "
         f"in {args.seconds:g} s; CPU {user + system:.2f} s (user {user:.2f}, system {system:.2f}) = "
         f"{(user + system) / max(reports, 1) * 1000:.3f} s per 1,000 reports; lateness p50 {late['p50_ms']} ms, "
-        f"round trip p50 {rtt['p50_ms']} ms"
+        f"round trip p50 {rtt['p50_ms']} ms; garbage collector {args.gc}"
     )
 
 
@@ -86,6 +95,13 @@ def main() -> None:
     parser.add_argument("--poll-interval", type=float, default=15.0, help="s")
     parser.add_argument("--seconds", type=float, default=20.0, help="measured window, s")
     parser.add_argument("--warmup", type=float, default=3.0, help="s after every device started")
+    parser.add_argument(
+        "--gc",
+        choices=["frozen", "start", "default"],
+        default="frozen",
+        help="frozen: as simulate_devices (dashboard.longlived); start: frozen once after start, "
+        "the thresholds left alone; default: CPython's own settings",
+    )
     args = parser.parse_args()
     server = subprocess.Popen([sys.executable, "-c", SERVER], stdout=subprocess.PIPE, text=True)
     try:

@@ -16,6 +16,8 @@ from typing import Any
 
 from aiohttp import web
 
+from dashboard.longlived import freeze_long_lived
+
 from .agent import Agent
 from .client import ServerClient
 from .model import Service, VirtualDevice, Volume, hex_id
@@ -170,6 +172,14 @@ class Simulator:
         self.wakeups.close()
         if self.state_path:
             self.save_state()
+
+    def freeze_for_gc(self) -> None:
+        """Take what lives as long as the process out of the garbage collector's way
+        (dashboard.longlived): now, and again once every device has started and reported once, as
+        its agent's coroutines, futures and connection state are as many objects again. A
+        long-running simulator calls it after `start`."""
+        freeze_long_lived()
+        asyncio.get_running_loop().call_later(self.start_spread + self.report_interval, freeze_long_lived)
 
     def _start_delay(self) -> float:
         return self.rng.uniform(0, self.start_spread) if self.start_spread > 0 else 0.0

@@ -20,8 +20,6 @@ import sys
 
 import uvloop
 
-from dashboard.longlived import freeze_long_lived
-
 from .core import Simulator
 
 SERVER = r"""
@@ -61,9 +59,8 @@ async def measure(port: int, args: argparse.Namespace) -> str:
     for index, device in enumerate(sim.devices.values()):  # registered already
         device.api_key, device.push_secret, device.fleet_id = f"key-{index:08d}", "secret", 1
     await sim.start()
-    if args.gc == "frozen":  # as simulate_devices does (dashboard.longlived)
-        freeze_long_lived()
-        asyncio.get_running_loop().call_later(sim.start_spread + sim.report_interval, freeze_long_lived)
+    if args.gc == "frozen":  # as simulate_devices does
+        sim.freeze_for_gc()
     elif args.gc == "start":  # what simulate_devices did before (2026-12-02)
         gc.collect()
         gc.freeze()

@@ -13,7 +13,6 @@ from typing import Any
 import uvloop
 from django.core.management.base import BaseCommand, CommandError
 
-from dashboard.longlived import freeze_long_lived
 from devices.simulator import Simulator
 
 # Share of new devices of the fleet's default type; the rest get another type of the same CPU.
@@ -263,11 +262,7 @@ class Command(BaseCommand):
             await sim.start()
         except OSError as exc:
             raise CommandError(f"Cannot listen on {sim.host}:{sim.port}: {exc.strerror or exc}") from exc
-        # Tens of thousands of devices are millions of objects that live as long as the process, and
-        # their agents make as many again as they start (coroutines, futures, connection state):
-        # frozen now, and again once every device has started and reported once (longlived).
-        freeze_long_lived()
-        loop.call_later(sim.start_spread + sim.report_interval, freeze_long_lived)
+        sim.freeze_for_gc()  # tens of thousands of devices: millions of objects that live for good
         self.stdout.write(
             f"simulating {len(sim.devices)} devices against {sim.server_url}; "
             f"agent APIs at {sim.url}/d/<uuid>, control at {sim.url}/sim/devices. Ctrl-C stops."

@@ -127,6 +127,7 @@ class AgentServer:
         )
         self.connections: set[AgentConnection] = set()
         self.requests = 0
+        self._no_content: dict[tuple, bytes] = {}
 
     # -- one request -------------------------------------------------------------------------
 
@@ -173,7 +174,7 @@ class AgentServer:
                     ingest._identity_key(key_hash), ingest.report_args(fields, now)
                 )
                 if answer and ingest.identity_from_answer(answer) is not None:
-                    return response(204, self.fast_path.headers(environ), b"", request.keep_alive)
+                    return self.no_content(environ, request.keep_alive)
         elif self.fast_path.takes_target(environ):
             poll = self.fast_path.target(environ)
             if poll is not None:
@@ -189,9 +190,19 @@ class AgentServer:
                     ingest._identity_key(key_hash), (action_id, device_id, entry)
                 )
                 if taken == 1:
-                    return response(204, self.fast_path.headers(environ), b"", request.keep_alive)
+                    return self.no_content(environ, request.keep_alive)
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self.pool, self._django, environ, request.keep_alive)
+
+    def no_content(self, environ: dict, keep_alive: bool) -> bytes:
+        """The view's 204, as bytes made once per set of headers (fast_path.headers)."""
+        key = (self.fast_path.headers(environ), keep_alive)
+        data = self._no_content.get(key)
+        if data is None:
+            if len(self._no_content) >= 16:  # settings changed (tests): the old ones are never used
+                self._no_content.clear()
+            data = self._no_content[key] = response(204, key[0], b"", keep_alive)
+        return data
 
     def _django(self, environ: dict, keep_alive: bool) -> bytes:
         started: dict = {}

@@ -196,6 +196,42 @@ def test_http_is_redirected_by_django_when_https_is_required(registered):  # noq
     assert status == 301 and app.app.calls == 2
 
 
+HTTPS_BEHIND_PROXY = {"HTTP_X_FORWARDED_PROTO": "https"}
+
+
+@override_settings(
+    SECURE_PROXY_SSL_HEADER=("HTTP_X_FORWARDED_PROTO", "https"),
+    SECURE_HSTS_SECONDS=3600,
+    SECURE_HSTS_INCLUDE_SUBDOMAINS=True,
+)
+def test_over_https_the_fast_answer_carries_the_views_hsts_header(registered):  # noqa: F811
+    _, key = registered
+    app = AgentReportFastPath(Recorder())
+    call(app, key, {}, headers=HTTPS_BEHIND_PROXY)
+    app.app.calls = 0
+    status, fast, _ = call(app, key, REPORT, headers=HTTPS_BEHIND_PROXY)
+    assert status == 204 and app.app.calls == 0
+    assert fast["Strict-Transport-Security"] == "max-age=3600; includeSubDomains"
+    _, view, _ = call(Recorder(), key, REPORT, headers=HTTPS_BEHIND_PROXY)
+    assert fast == view
+    _, plain, _ = call(app, key, REPORT)  # plain HTTP: no HSTS, as from the view
+    assert "Strict-Transport-Security" not in plain
+
+
+def test_a_host_taken_before_is_refused_once_allowed_hosts_no_longer_has_it(app, registered):  # noqa: F811
+    """The fast path remembers its Host checks and headers, until a setting changes."""
+    _, key = registered
+    with override_settings(ALLOWED_HOSTS=["agents.example.com", "dashboard.example.com"]):
+        call(app, key, {}, host="agents.example.com")  # Django caches the identity
+        app.app.calls = 0
+        assert call(app, key, REPORT, host="agents.example.com")[0] == 204 and app.app.calls == 0
+        with override_settings(ALLOWED_HOSTS=["dashboard.example.com"], X_FRAME_OPTIONS="SAMEORIGIN"):
+            status, _, _ = call(app, key, REPORT, host="agents.example.com")
+            assert status == 400 and app.app.calls == 1  # Django's DisallowedHost answer
+            status, headers, _ = call(app, key, REPORT, host="dashboard.example.com")
+            assert status == 204 and app.app.calls == 1 and headers["X-Frame-Options"] == "SAMEORIGIN"
+
+
 def known_devices(fleet, n: int) -> list[tuple[Device, str]]:
     """`n` offline devices and their api keys, their identities cached as after a first report."""
     pairs = []

@@ -18,8 +18,9 @@ again before every connection, since the setting may have narrowed after an addr
 """
 
 import ipaddress
+import re
 from functools import cache, lru_cache
-from urllib.parse import SplitResult, urlsplit, urlunsplit
+from urllib.parse import SplitResult, quote, urlsplit, urlunsplit
 
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
@@ -63,6 +64,37 @@ def checked_address(url: str, *, schemes: tuple[str, ...]) -> tuple[str, str]:
     if refusal:
         return "", refusal
     return urlunsplit((parts.scheme, netloc, parts.path.rstrip("/"), "", "")), ""
+
+
+# A URL as canonical_address writes them: a lowercase scheme, then printable ASCII (the netloc up to
+# the first "/") with no query or fragment. urlsplit gives the same scheme, netloc and path for it.
+_PLAIN_URL = re.compile(r"([a-z][a-z0-9+.-]*)://([!-.0-~]*)((?:/[!-~]*)?)")
+_NOT_PLAIN = re.compile(r"[?#]")
+# What a path keeps as it is on a request line: the characters RFC 3986 allows there, "%" included.
+PATH_SAFE = "/%:@!$&'()*+,;=~-._"
+
+
+def split_address(url: str, *, schemes: tuple[str, ...]) -> tuple[str, str, str, str]:
+    """(scheme, host[:port], path, "") of an address the server connects to, as canonical_address
+    writes them (the path without a trailing slash, percent-encoded where it has to be, to go on a
+    request line: a space, a character beyond ASCII), else ("", "", "", why not).
+
+    The same verdict as checked_address, for a push per device: a stored address, already
+    canonical, is split without urlsplit, and the check of its host and port is remembered for the
+    many devices behind one address (each has a path of its own there). Anything else, and any
+    refusal, is left to checked_address.
+    """
+    plain = _PLAIN_URL.fullmatch(url)
+    if plain is not None and _NOT_PLAIN.search(url) is None:
+        scheme, netloc, path = plain.groups()
+        canonical, refusal = _checked_netloc(scheme, netloc, schemes, tuple(settings.DEVICE_ALLOWED_NETWORKS))
+        if not refusal:
+            return scheme, canonical, path.rstrip("/"), ""
+    canonical, refusal = checked_address(url, schemes=schemes)
+    if refusal:
+        return "", "", "", refusal
+    parts = urlsplit(canonical)
+    return parts.scheme, parts.netloc, quote(parts.path, safe=PATH_SAFE), ""
 
 
 @lru_cache(maxsize=4096)

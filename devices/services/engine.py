@@ -23,7 +23,6 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from datetime import timedelta
 
-import aiohttp
 from django.conf import settings
 from django.db import connection, transaction
 from django.db.models import Case, CharField, Count, DateTimeField, F, IntegerField, Q, QuerySet, Value, When
@@ -31,7 +30,6 @@ from django.utils import timezone
 from redis.exceptions import RedisError
 
 from devices import ingest
-from devices.addresses import address_refusal
 from devices.filters import filtered_devices
 from devices.keys import push_secret_for, sign_push
 from devices.models import (
@@ -54,7 +52,6 @@ from devices.versions import AGENT_API_MIN
 from fleets.models import Fleet
 
 log = logging.getLogger(__name__)
-AGENT_API_SCHEMES = ("http", "https")
 
 
 def _rules(spec: ActionSpec, params: dict, offline_policy: str, now) -> list[Rule]:
@@ -690,110 +687,100 @@ class _PushSlot:
             self._slots.release()
 
 
-async def _post(
-    session: aiohttp.ClientSession,
-    url: str,
-    body: bytes,
-    headers: dict,
-    *,
-    retry: aiohttp.ClientSession | None = None,
-) -> aiohttp.ClientResponse:
-    """The response to a push (its status and headers read), sent once more on `retry`, a new
-    connection, when the reused one it went out on had been closed by the agent (see pushes)."""
-    try:
-        return await session.post(url, data=body, headers=headers)
-    except pushes.StaleConnectionError:
-        if retry is None:
-            raise
-    return await retry.post(url, data=body, headers=headers)
-
-
-def _closes_after(remaining: Counter | None, url: str, headers: dict) -> None:
-    """The batch's last push to an address closes the connection after its answer (pushes)."""
+def _closes_after(remaining: Counter | None, where: pushes.Target) -> bytes:
+    """The batch's last push to an address closes the connection after its answer (pushes): the
+    header line that says so, or nothing."""
     if remaining is None:
-        return
-    where = pushes.origin(url)
-    remaining[where] -= 1
-    if remaining[where] <= 0:
-        headers["Connection"] = "close"
+        return b""
+    remaining[where.address] -= 1
+    return b"Connection: close\r\n" if remaining[where.address] <= 0 else b""
+
+
+def _signed_request(
+    where: pushes.Target, uuid: str, path: str, body: bytes, headers: bytes, remaining: Counter | None
+) -> tuple[pushes.Target, bytes]:
+    """A POST to `path` of the agent API at `where`, signed now (when sent, not when queued behind
+    other pushes) with the device's push secret: `headers` are header lines of its own."""
+    timestamp = int(time.time())
+    signature = sign_push(push_secret_for(uuid), timestamp, "POST", path, body)
+    head = (
+        f"POST {where.prefix}{path} HTTP/1.1\r\nHost: {where.host_header}\r\n"
+        f"X-Fleet-Timestamp: {timestamp}\r\nX-Fleet-Signature: {signature}\r\n"
+    ).encode("latin-1")
+    close = _closes_after(remaining, where)
+    return where, b"%s%s%sContent-Length: %d\r\n\r\n%s" % (head, headers, close, len(body), body)
+
+
+def _addressed(targets: list[dict]) -> tuple[list[tuple[dict, pushes.Target | None, str]], Counter]:
+    """Each target with its agent API address checked and parsed (pushes.agent_target; a missing
+    address refused), and the number of targets per address (_closes_after)."""
+    addressed = [
+        (t, *(pushes.agent_target(t["api_address"]) if t["api_address"] else (None, ""))) for t in targets
+    ]
+    return addressed, Counter(where.address for _, where, _ in addressed if where is not None)
 
 
 async def _push_all(kind: str, params: dict, action_id: int, targets: list[dict]) -> list[PushResult]:
     slots = asyncio.Semaphore(settings.AGENT_PUSH_CONCURRENCY)
-    remaining = Counter(pushes.origin(t["api_address"]) for t in targets if t["api_address"])
-    async with pushes.clients() as clients:
+    addressed, remaining = _addressed(targets)
+    async with pushes.pool() as pool:
         push = functools.partial(
             _push_one,
-            clients.pooled,
+            pool,
             kind,
-            params,
             action_id,
             slots=slots,
-            retry=clients.fresh,
             remaining=remaining,
             params_json=json.dumps(params).encode(),
         )
-        return await asyncio.gather(*(push(t) for t in targets))
+        return await asyncio.gather(*(push(*target) for target in addressed))
 
 
 async def _push_one(
-    session: aiohttp.ClientSession,
+    pool: pushes.PushPool,
     kind: str,
-    params: dict,
     action_id: int,
     target: dict,
+    where: pushes.Target | None,
+    refusal: str,
     *,
+    params_json: bytes,
     slots: asyncio.Semaphore | None = None,
-    retry: aiohttp.ClientSession | None = None,
     remaining: Counter | None = None,
-    params_json: bytes | None = None,
 ) -> PushResult:
-    """Push one action to one agent. `retry`: the session of new connections for the one retry
-    (_post); `remaining`: pushes of the batch per address still to start (_closes_after);
-    `params_json`: the params, encoded once for the batch."""
+    """Push one action to one agent, at `where` (or not: `refusal`, see _addressed). `remaining`:
+    pushes of the batch per address still to start (_closes_after); `params_json`: the params,
+    encoded once for the batch."""
     device_id = target["pk"]
-    if not target["api_address"]:
-        return PushResult(device_id, DeliveryState.FAILED, "The agent has not reported an API address")
-    refusal = address_refusal(target["api_address"], schemes=AGENT_API_SCHEMES)
-    if refusal:
-        _closes_after(remaining, target["api_address"], {})
+    if where is None:
+        if not refusal:
+            return PushResult(device_id, DeliveryState.FAILED, "The agent has not reported an API address")
         return PushResult(device_id, DeliveryState.FAILED, f"The agent's API address {refusal}"[:300])
     key = delivery_key(action_id, device_id)
     path = f"/v1/actions/{kind}"
-    body = _action_body(key, params_json or json.dumps(params).encode())
-    url = target["api_address"].rstrip("/") + path
+    body = _action_body(key, params_json)
+    headers = b"Content-Type: application/json\r\nIdempotency-Key: %s\r\n" % key.encode()
     try:
         async with _PushSlot(slots):
-            timestamp = int(time.time())  # signed when sent, not when queued behind other pushes
-            headers = {
-                "Content-Type": "application/json",
-                "Idempotency-Key": key,
-                "X-Fleet-Timestamp": str(timestamp),
-                "X-Fleet-Signature": sign_push(
-                    push_secret_for(target["uuid"]), timestamp, "POST", path, body
-                ),
-            }
-            _closes_after(remaining, url, headers)
-            async with await _post(session, url, body, headers, retry=retry) as response:
-                if response.status == 202:
-                    return PushResult(device_id, DeliveryState.SENT)
-                if response.status == 200:  # a repeated key: the agent did not act again
-                    known = await _duplicate_result(response, device_id)
-                    return known or PushResult(device_id, DeliveryState.SENT)
-                detail = await _error_detail(response)
-                if response.status == 409:
-                    return PushResult(
-                        device_id, DeliveryState.BLOCKED, detail or "Blocked by the update lock"
-                    )
-                return PushResult(
-                    device_id, DeliveryState.FAILED, f"Agent answered {response.status}: {detail}".strip(": ")
-                )
+            response = await pool.request(
+                *_signed_request(where, target["uuid"], path, body, headers, remaining)
+            )
     except TimeoutError:
         return PushResult(
             device_id, DeliveryState.FAILED, f"No answer within {settings.AGENT_PUSH_TIMEOUT_S:g} s"
         )
-    except aiohttp.ClientError as error:
-        return PushResult(device_id, DeliveryState.FAILED, f"Unreachable: {_error_name(error)}")
+    except pushes.PushError as error:
+        return PushResult(device_id, DeliveryState.FAILED, f"Unreachable: {error.reason}"[:300])
+    if response.status == 202:
+        return PushResult(device_id, DeliveryState.SENT)
+    if response.status == 200:  # a repeated key: the agent did not act again
+        return _duplicate_result(response, device_id) or PushResult(device_id, DeliveryState.SENT)
+    detail = _error_detail(response)
+    if response.status == 409:
+        return PushResult(device_id, DeliveryState.BLOCKED, detail or "Blocked by the update lock")
+    return PushResult(
+        device_id, DeliveryState.FAILED, f"Agent answered {response.status}: {detail}".strip(": ")[:300]
+    )
 
 
 def _action_body(key: str, params_json: bytes) -> bytes:
@@ -802,76 +789,57 @@ def _action_body(key: str, params_json: bytes) -> bytes:
     return b'{"key": "%s", "params": %s}' % (key.encode(), params_json)
 
 
-def _error_name(error: aiohttp.ClientError) -> str:
-    """The aiohttp error a failed push names (a stale connection not retried: the disconnect)."""
-    if isinstance(error, pushes.StaleConnectionError):
-        return aiohttp.ServerDisconnectedError.__name__
-    return error.__class__.__name__
-
-
 def devices_nudge(device_ids: list[int]) -> int:
     """Ask agents to poll their target state now (a setting changed); best effort, not recorded."""
-    targets = [
-        target
-        for target in Device.objects.filter(pk__in=device_ids, agent_version_key__gte=AGENT_API_MIN)
+    targets = list(
+        Device.objects.filter(pk__in=device_ids, agent_version_key__gte=AGENT_API_MIN)
         .exclude(api_address="")
         .values("uuid", "api_address")
-        if not address_refusal(target["api_address"], schemes=AGENT_API_SCHEMES)
-    ]
+    )
     return sum(pushes.run(_nudge_all(targets)))
 
 
 async def _nudge_all(targets: list[dict]) -> list[bool]:
     slots = asyncio.Semaphore(settings.AGENT_PUSH_CONCURRENCY)
-    remaining = Counter(pushes.origin(t["api_address"]) for t in targets)
-    async with pushes.clients() as clients:
+    addressed, remaining = _addressed(targets)
+    async with pushes.pool() as pool:
         return await asyncio.gather(
-            *(_nudge_one(clients.pooled, t, slots, retry=clients.fresh, remaining=remaining) for t in targets)
+            *(_nudge_one(pool, t, where, slots, remaining) for t, where, _ in addressed if where is not None)
         )
 
 
 async def _nudge_one(
-    session: aiohttp.ClientSession,
-    target: dict,
-    slots: asyncio.Semaphore,
-    *,
-    retry: aiohttp.ClientSession | None = None,
-    remaining: Counter | None = None,
+    pool: pushes.PushPool, target: dict, where: pushes.Target, slots: asyncio.Semaphore, remaining: Counter
 ) -> bool:
-    path, body = "/v1/update", b""
-    url = target["api_address"].rstrip("/") + path
     try:
         async with _PushSlot(slots):
-            timestamp = int(time.time())
-            headers = {
-                "X-Fleet-Timestamp": str(timestamp),
-                "X-Fleet-Signature": sign_push(
-                    push_secret_for(target["uuid"]), timestamp, "POST", path, body
-                ),
-            }
-            _closes_after(remaining, url, headers)
-            async with await _post(session, url, body, headers, retry=retry) as response:
-                return response.status == 202
-    except (TimeoutError, aiohttp.ClientError):
+            response = await pool.request(
+                *_signed_request(where, target["uuid"], "/v1/update", b"", b"", remaining)
+            )
+    except (TimeoutError, pushes.PushError):
         return False
+    return response.status == 202
 
 
-async def _duplicate_result(response, device_id: int) -> PushResult | None:
-    """The outcome an agent remembers for a delivery it already carried out, if it says."""
+def _answer(response) -> dict:
+    """The agent's JSON answer, or {} when it is not a JSON object."""
     try:
-        result = (await response.json(content_type=None)).get("result") or {}
-    except (ValueError, aiohttp.ClientError, AttributeError):
-        return None
+        payload = json.loads(response.body)
+    except ValueError:
+        return {}
+    return payload if isinstance(payload, dict) else {}
+
+
+def _duplicate_result(response, device_id: int) -> PushResult | None:
+    """The outcome an agent remembers for a delivery it already carried out, if it says."""
+    result = _answer(response).get("result")
     state = RESULT_STATES.get(result.get("state")) if isinstance(result, dict) else None
     return PushResult(device_id, state, str(result.get("reason", ""))[:300]) if state else None
 
 
-async def _error_detail(response) -> str:
-    try:
-        payload = await response.json(content_type=None)
-        return str(payload.get("detail") or payload.get("error") or "")
-    except (ValueError, aiohttp.ClientError, AttributeError):
-        return ""
+def _error_detail(response) -> str:
+    payload = _answer(response)
+    return str(payload.get("detail") or payload.get("error") or "")
 
 
 # --- Results, cancel, sweep ----------------------------------------------------------------------

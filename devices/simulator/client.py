@@ -2,12 +2,10 @@
 
 100,000 devices reporting every 20 s are 5,000 requests a second from a few simulator processes on
 the same two cores as the server, so every microsecond the client spends is taken from the server
-it is meant to load. aiohttp's client spends about 0.3 ms of CPU on each request. Here each
-connection is an `asyncio.Protocol` with its own httptools parser, and a request in flight is one
-future that the parser's callbacks complete: no stream reader and writer between the socket and
-the parser. Time limits are not an `asyncio.timeout()` per request (a timer armed, rescheduled and
-cancelled each time) but one sweep over the connections now and then, which fails the future of
-a request past its deadline. The request is written in one buffer whose header lines the caller
+it is meant to load. Each connection is a devices.http1.Connection (asyncio.Protocol and httptools,
+not aiohttp's client at about 0.3 ms of CPU a request). Time limits are not an `asyncio.timeout()`
+per request (a timer armed, rescheduled and cancelled each time) but one sweep over the
+connections now and then, which fails the future of a request past its deadline. The request is written in one buffer whose header lines the caller
 encodes once (see `header_lines`).
 
 It speaks plain HTTP/1.1 over TCP (Content-Length or chunked bodies, or a body up to the close), as
@@ -22,7 +20,7 @@ from collections import deque
 from collections.abc import Mapping
 from urllib.parse import urlsplit
 
-import httptools
+from devices.http1 import Connection, Response
 
 BODY_METHODS = ("POST", "PUT", "PATCH")
 # How often a request's time limit is checked, per limit: a 10 s one times out within 10.5 s.
@@ -33,141 +31,6 @@ def header_lines(headers: Mapping[str, str]) -> bytes:
     """Header lines as `ServerClient.request` sends them. A device's User-Agent and Authorization
     change only with its agent version or key, so its agent encodes them once, not per request."""
     return "".join(f"{name}: {value}\r\n" for name, value in headers.items()).encode("latin-1")
-
-
-class Response:
-    """One answer. Its headers are decoded only when asked for: nobody looks at those of a 204."""
-
-    __slots__ = ("_headers", "body", "raw_headers", "status")
-
-    def __init__(self, status: int, raw_headers: list[tuple[bytes, bytes]], body: bytes) -> None:
-        self.status = status
-        self.raw_headers = raw_headers
-        self.body = body
-        self._headers: dict[str, str] | None = None
-
-    @property
-    def headers(self) -> dict[str, str]:
-        if self._headers is None:
-            self._headers = {
-                name.decode("latin-1").lower(): value.decode("latin-1") for name, value in self.raw_headers
-            }
-        return self._headers
-
-    @property
-    def content_type(self) -> str:
-        return self.headers.get("content-type", "").split(";", 1)[0].strip().lower()
-
-
-class _Connection(asyncio.Protocol):
-    """One keep-alive connection to the server, with one request in flight at most.
-
-    The httptools parser lives as long as the connection (it reads one answer after the other);
-    its callbacks are methods here and complete the waiting request's future.
-    """
-
-    def __init__(self, client: ServerClient) -> None:
-        self.client = client
-        self.transport: asyncio.Transport | None = None
-        self.parser = httptools.HttpResponseParser(self)
-        self.used = False  # answered a request already: the server may have closed it since
-        self.closed = False
-        self.lost: asyncio.Future[None] = client.loop.create_future()
-        self._waiter: asyncio.Future[tuple[Response, bool]] | None = None
-        self.deadline = 0.0  # of the request in flight
-        self._raw_headers: list[tuple[bytes, bytes]] = []
-        self._chunks: list[bytes] = []
-        self._headers_done = False
-        self._read_any = False
-
-    async def exchange(self, data: bytes, deadline: float) -> tuple[Response, bool]:
-        """Send one request; its answer and whether the connection may serve another.
-
-        Raises TimeoutError once past the deadline (see `ServerClient._sweep`), ConnectionResetError
-        (`nothing_read` when the server closed the connection before answering anything) if the
-        connection ends or the answer is not HTTP.
-        """
-        self._waiter = waiter = self.client.loop.create_future()
-        self.deadline = deadline
-        self._raw_headers, self._chunks, self._headers_done, self._read_any = [], [], False, False
-        try:
-            assert self.transport is not None
-            self.transport.write(data)
-            return await waiter
-        finally:
-            self._waiter = None
-
-    def time_out(self, now: float) -> None:
-        """Fail the request in flight if it is past its deadline."""
-        if now >= self.deadline:
-            self._fail(TimeoutError())
-
-    def close(self) -> None:
-        self._forget()
-        if self.transport is not None:
-            self.transport.close()
-
-    def _forget(self) -> None:
-        """Never lend this connection again (and take it out of the idle ones if it is there)."""
-        if not self.closed:
-            self.closed = True
-            with contextlib.suppress(ValueError):
-                self.client._idle.remove(self)
-
-    def _fail(self, error: BaseException) -> None:
-        if self._waiter is not None and not self._waiter.done():
-            self._waiter.set_exception(error)
-
-    # -- asyncio.Protocol ------------------------------------------------------------------
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-
-    def data_received(self, data: bytes) -> None:
-        if self._waiter is None or self._waiter.done():
-            self.close()  # nothing was asked (a server's 408 before it hangs up): not HTTP/1.1 for us
-            return
-        self._read_any = True
-        try:
-            self.parser.feed_data(data)
-        except httptools.HttpParserError as error:
-            self._fail(ConnectionResetError(f"unreadable answer: {error}"))
-
-    def eof_received(self) -> None:
-        self._forget()  # the server is done with it; connection_lost follows
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._forget()
-        if not self.lost.done():
-            self.lost.set_result(None)
-        if self._waiter is None or self._waiter.done():
-            return
-        if self._headers_done:  # no Content-Length, not chunked: the body ends with the connection
-            self._complete(keep_alive=False)
-            return
-        error = ConnectionResetError("the server closed the connection")
-        error.nothing_read = not self._read_any  # type: ignore[attr-defined]
-        self._waiter.set_exception(error)
-
-    # -- httptools callbacks ---------------------------------------------------------------
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self._raw_headers.append((name, value))
-
-    def on_headers_complete(self) -> None:
-        self._headers_done = True
-
-    def on_body(self, body: bytes) -> None:
-        self._chunks.append(body)
-
-    def on_message_complete(self) -> None:
-        self._complete(keep_alive=self.parser.should_keep_alive())
-
-    def _complete(self, *, keep_alive: bool) -> None:
-        if self._waiter is None or self._waiter.done():
-            return  # an answer nobody waits for any more (timed out): the connection is closing
-        response = Response(self.parser.get_status_code(), self._raw_headers, b"".join(self._chunks))
-        self._waiter.set_result((response, keep_alive))
 
 
 class ServerClient:
@@ -191,8 +54,8 @@ class ServerClient:
         # Slots for requests, so at most `limit` connections: free ones, and requests waiting in line.
         self._free_slots = limit
         self._waiting: deque[asyncio.Future[None]] = deque()
-        self._idle: list[_Connection] = []
-        self._connections: set[_Connection] = set()
+        self._idle: list[Connection] = []
+        self._connections: set[Connection] = set()
         # Request line and Host header by (method, path): a simulator calls only a handful of paths.
         self._starts: dict[tuple[str, str], bytes] = {}
         self._sweeper = self.loop.call_later(timeout / SWEEPS_PER_TIMEOUT, self._sweep)
@@ -261,9 +124,16 @@ class ServerClient:
                 return
         self._free_slots += 1
 
-    async def _connect(self, deadline: float) -> _Connection:
+    def _forget(self, connection: Connection) -> None:
+        """Never lend `connection` again (it is closed or closing)."""
+        with contextlib.suppress(ValueError):
+            self._idle.remove(connection)
+
+    async def _connect(self, deadline: float) -> Connection:
         async with asyncio.timeout_at(deadline):
-            _, connection = await self.loop.create_connection(lambda: _Connection(self), self.host, self.port)
+            _, connection = await self.loop.create_connection(
+                lambda: Connection(self.loop, self._forget), self.host, self.port
+            )
         self._connections.add(connection)
         connection.lost.add_done_callback(lambda _: self._connections.discard(connection))
         return connection

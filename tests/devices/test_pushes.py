@@ -14,7 +14,6 @@ import subprocess
 import time
 from dataclasses import dataclass, field
 
-import aiohttp
 import pytest
 from aiohttp import web
 from django.utils.crypto import salted_hmac
@@ -198,7 +197,7 @@ def test_a_push_on_a_new_connection_that_closes_unanswered_is_not_sent_again(sim
     (uuid,) = add_devices(sim, 1)
     via.sabotage = lambda r: "drop"
     assert push(targets([uuid], via.port)) == {
-        1: (DeliveryState.FAILED, "Unreachable: ServerDisconnectedError")
+        1: (DeliveryState.FAILED, "Unreachable: the agent closed the connection without answering")
     }
     assert len(via.requests) == 1
     assert executed(sim, uuid) == 0
@@ -211,7 +210,10 @@ def test_a_reused_connection_closed_twice_fails_the_push_with_the_agent_s_discon
     first, second = add_devices(sim, 2)
     via.sabotage = lambda r: "drop" if len(via.requests) > 1 else None
     outcomes = push(targets([first, second], via.port))
-    assert outcomes[2] == (DeliveryState.FAILED, "Unreachable: ServerDisconnectedError")
+    assert outcomes[2] == (
+        DeliveryState.FAILED,
+        "Unreachable: the agent closed the connection without answering",
+    )
     assert len(via.requests) == 3
     assert executed(sim, second) == 0
 
@@ -223,7 +225,7 @@ def test_a_dark_device_behind_a_shared_address_fails_as_unreachable(sim, setting
     outcomes = push(targets(uuids, sim.simulator.port))
     assert outcomes == {
         1: (DeliveryState.SENT, ""),
-        2: (DeliveryState.FAILED, "Unreachable: ServerDisconnectedError"),
+        2: (DeliveryState.FAILED, "Unreachable: the agent closed the connection without answering"),
         3: (DeliveryState.SENT, ""),
     }
 
@@ -288,7 +290,7 @@ async def serve(transports: list | None = None, delay: float = 0.0) -> tuple[web
 
     async def accept(request):
         if transports is not None:
-            transports.append(id(request.transport))
+            transports.append(request.transport.get_extra_info("peername"))
         await asyncio.sleep(delay)
         return web.Response(status=202)
 
@@ -301,26 +303,26 @@ async def serve(transports: list | None = None, delay: float = 0.0) -> tuple[web
 
 
 def pool_scenario(steps):
-    """Run `steps(post, connector)` against a pool of at most two idle connections."""
+    """Run `steps(post, pool)` against a pool of at most two idle connections."""
 
     async def scenario():
-        connector = pushes._PushConnector(limit=0, max_idle=lambda: 2)
-        async with aiohttp.ClientSession(connector=connector) as session:
+        async with pushes.PushPool(max_idle=lambda: 2) as pool:
 
             async def post(port):
-                async with session.post(f"http://127.0.0.1:{port}/") as response:
-                    return response.status
+                target = pushes.agent_target(f"http://127.0.0.1:{port}")[0]
+                data = f"POST / HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: 0\r\n\r\n".encode()
+                return (await pool.request(target, data)).status
 
-            return await steps(post, connector)
+            return await steps(post, pool)
 
     return asyncio.run(scenario())
 
 
 def test_the_pool_keeps_at_most_its_bound_of_idle_connections():
-    async def steps(post, connector):
+    async def steps(post, pool):
         runner, port = await serve(delay=0.2)
         statuses = await asyncio.gather(*(post(port) for _ in range(5)))  # five connections at once
-        idle = connector.idle()
+        idle = pool.idle()
         await runner.cleanup()
         return statuses, idle
 
@@ -330,13 +332,13 @@ def test_the_pool_keeps_at_most_its_bound_of_idle_connections():
 def test_a_full_pool_closes_the_connection_idle_the_longest_for_the_next_one():
     """Idle connections to an address no longer pushed to do not keep a busy one from pooling."""
 
-    async def steps(post, connector):
+    async def steps(post, pool):
         transports = []
         (first, first_port), (second, second_port) = await serve(delay=0.1), await serve(transports)
         await asyncio.gather(post(first_port), post(first_port))  # the pool is full with these two
         for _ in range(3):
             await post(second_port)
-        pooled = sorted(key.port for key, conns in connector._conns.items() for _ in conns)
+        pooled = sorted(address.port for address in pool.idle_addresses())
         await first.cleanup()
         await second.cleanup()
         return len(set(transports)), pooled, first_port, second_port
@@ -344,6 +346,49 @@ def test_a_full_pool_closes_the_connection_idle_the_longest_for_the_next_one():
     connections, pooled, first_port, second_port = pool_scenario(steps)
     assert connections == 1  # the three went over one connection
     assert pooled == sorted([first_port, second_port])
+
+
+def test_a_connection_idle_longer_than_the_keep_alive_is_closed_and_not_reused():
+    async def scenario():
+        async with pushes.PushPool(max_idle=lambda: 2, keepalive_s=0.1) as pool:
+            runner, port = await serve(transports := [])
+
+            async def post():
+                target = pushes.agent_target(f"http://127.0.0.1:{port}")[0]
+                data = b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n"
+                return (await pool.request(target, data)).status
+
+            await post()
+            await asyncio.sleep(0.3)
+            idle_after = pool.idle()
+            assert await post() == 202
+            await runner.cleanup()
+            return idle_after, len(set(transports))
+
+    assert asyncio.run(scenario()) == (0, 2)
+
+
+def test_an_answer_longer_than_the_pool_takes_fails_the_push(sim):
+    """A device answering a push with megabytes is not read into the worker's memory."""
+
+    async def huge(request):
+        return web.Response(status=202, body=b"x" * (pushes.MAX_ANSWER + 1))
+
+    async def scenario():
+        app = web.Application()
+        app.router.add_post("/d/{uuid}/{tail:.*}", huge)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", 0).start()
+        return runner
+
+    runner = sim.call(scenario())
+    try:
+        uuid = secrets.token_hex(16)
+        outcome = push(targets([uuid], runner.addresses[0][1]))
+        assert outcome == {1: (DeliveryState.FAILED, "Unreachable: the agent's answer is longer than 64 KiB")}
+    finally:
+        sim.call(runner.cleanup())
 
 
 @pytest.fixture(scope="module")
@@ -370,7 +415,7 @@ def test_pushes_to_https_agent_addresses_are_verified_and_reuse_their_connection
     settings.AGENT_PUSH_CONCURRENCY = 1
     cert, key = certificate
     trusted = ssl.create_default_context(cafile=str(cert))
-    monkeypatch.setattr(aiohttp.connector, "_SSL_CONTEXT_VERIFIED", trusted)
+    monkeypatch.setattr(pushes, "tls_context", lambda: trusted)
     uuids = [secrets.token_hex(16) for _ in range(3)]
     seen = []
 
@@ -405,11 +450,11 @@ def test_pushes_to_https_agent_addresses_are_verified_and_reuse_their_connection
         assert [(uuid, ok) for uuid, _, ok in seen] == [(uuid, True) for uuid in uuids]
         assert len({transport for _, transport, _ in seen}) == 1  # one TLS connection for the three
 
-        monkeypatch.setattr(aiohttp.connector, "_SSL_CONTEXT_VERIFIED", ssl.create_default_context())
+        monkeypatch.setattr(pushes, "tls_context", ssl.create_default_context)
         untrusted = [{"pk": 9, "uuid": uuids[0], "api_address": f"https://127.0.0.1:{port}/d/{uuids[0]}"}]
-        state, reason = push(untrusted)[9]
-        assert state == DeliveryState.FAILED and reason.startswith(
-            "Unreachable: ClientConnectorCertificateError"
+        assert push(untrusted)[9] == (
+            DeliveryState.FAILED,
+            "Unreachable: TLS certificate not trusted (self-signed certificate)",
         )
     finally:
         sim.call(runner.cleanup())

@@ -1,12 +1,10 @@
 """The agent API's security: who a request speaks for is decided by its key alone, keys are stored
 only as hashes, and the server's pushes to agents are signed so that nothing else can push."""
 
-import asyncio
 import json
 import secrets
 import time
 
-import aiohttp
 import httpx
 import pytest
 from django.db import connection
@@ -15,7 +13,7 @@ from django.utils import timezone
 from devices import ingest
 from devices.keys import push_secret_for, sign_push
 from devices.models import ActionDelivery, DeliveryState, Device, DeviceAction
-from devices.services import engine
+from devices.services import engine, pushes
 from devices.simulator import SimulatorThread
 from fleets.services import provisioning_key_create
 from tests.factories import Personas, make_fleet
@@ -317,9 +315,6 @@ class TestPushesAreAuthenticated:
     def test_the_server_s_own_push_is_accepted(self, agent):
         sim, uuid, _ = agent
 
-        async def push():
-            async with aiohttp.ClientSession() as session:
-                target = {"pk": 1, "uuid": uuid, "api_address": f"{sim.url}/d/{uuid}"}
-                return await engine._push_one(session, "reboot", {}, 99, target)
-
-        assert asyncio.run(push()).state == DeliveryState.SENT
+        target = {"pk": 1, "uuid": uuid, "api_address": f"{sim.url}/d/{uuid}"}
+        (result,) = pushes.run(engine._push_all("reboot", {}, 99, [target]))
+        assert result.state == DeliveryState.SENT

@@ -11,14 +11,14 @@ import socket
 import threading
 from datetime import timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from urllib.parse import unquote
+from urllib.parse import quote, unquote, urlsplit
 
 import pytest
 from django.utils import timezone
 
-from devices import ingest, public_url
+from devices import addresses, ingest, public_url
 from devices.models import Device
-from devices.services import engine
+from devices.services import engine, pushes
 from fleets.services import provisioning_key_create
 from tests.factories import make_device, make_fleet
 from tests.security.conftest import start_recorder
@@ -263,19 +263,39 @@ def test_a_narrower_setting_applies_to_addresses_already_stored(client, settings
     assert "outside the networks" in response.content.decode()
 
 
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://10.0.0.7:48484/d/ab", "http://10.0.0.7:48484/d/ab/", "http://10.0.0.7", "https://10.0.0.7:443/x",
+        "http://[fd00::1]:48484/d/x", "HTTP://10.0.0.7:48484/d/x", "http://10.0.0.7:48484/d/x?q=1",
+        "http://10.0.0.7:48484/d/x#frag", "http://user:pw@10.0.0.7/d/x", "http://10.0.0.7:99999/d/x",
+        "http://8.8.8.8/d/x", "http://169.254.169.254/latest", "http://example.com/d/x", "ftp://10.0.0.7/x",
+        " http://10.0.0.7/d/x", "http://10.0.0.7/d/x y", "http://10.0.0.7/d/\tx", "http://10.0.0.7/d/\r\nHost: x",
+        "http://[fe80::1%25eth0]/d/x", "http://10.0.0.7:/d/x", "http:///d/x", "http://10.0.0.7/d/é",
+    ],
+)  # fmt: skip
+def test_the_pushes_quick_address_check_gives_the_full_check_s_verdict(url):
+    """What pushes use for a push per device (addresses.split_address) accepts exactly what
+    checked_address accepts, and splits it as checked_address writes it, its path ready for a
+    request line."""
+    schemes = pushes.AGENT_API_SCHEMES
+    canonical, refusal = addresses.checked_address(url, schemes=schemes)
+    scheme, netloc, path, quick_refusal = addresses.split_address(url, schemes=schemes)
+    assert quick_refusal == refusal
+    if not refusal:
+        parts = urlsplit(canonical)
+        assert (scheme, netloc, path) == (
+            parts.scheme,
+            parts.netloc,
+            quote(parts.path, safe=addresses.PATH_SAFE),
+        )
+        assert path.isascii() and path.isprintable() and " " not in path
+
+
 def test_pushes_never_go_to_a_forbidden_api_address(settings, elsewhere):
-    import asyncio
-
-    import aiohttp
-
     settings.DEVICE_ALLOWED_NETWORKS = ["10.0.0.0/8"]
-
-    async def push():
-        async with aiohttp.ClientSession() as session:
-            target = {"pk": 1, "uuid": "ab" * 16, "api_address": f"{elsewhere.url}/d/x"}
-            return await engine._push_one(session, "reboot", {}, 1, target)
-
-    result = asyncio.run(push())
+    target = {"pk": 1, "uuid": "ab" * 16, "api_address": f"{elsewhere.url}/d/x"}
+    (result,) = pushes.run(engine._push_all("reboot", {}, 1, [target]))
     assert result.state == "failed" and "outside the networks" in result.reason
     device = make_device(make_fleet(), api_address=f"{elsewhere.url}/d/x")
     assert engine.devices_nudge([device.pk]) == 0

@@ -19,6 +19,7 @@ from aiohttp import web
 from dashboard.longlived import freeze_long_lived
 
 from .agent import Agent
+from .agent_api import PortProtocol
 from .client import ServerClient
 from .model import Service, VirtualDevice, Volume, hex_id
 from .server import SimulatorServer
@@ -54,7 +55,7 @@ def _weighted(rng: random.Random, choices: list[tuple[str, int]]) -> str:
 
 
 class Simulator:
-    """Virtual devices, one aiohttp server for all their agent APIs, one shared client session.
+    """Virtual devices, one port for all their agent APIs and web services, one shared client.
 
     Construct, add devices (or load them from the state file), `await start()`, `await stop()`.
     Everything runs on the loop that called `start()`; from another thread use SimulatorThread.
@@ -110,6 +111,8 @@ class Simulator:
         self.session: ServerClient | None = None
         self.wakeups = Wakeups()  # the devices' report and poll schedules
         self._runner: web.AppRunner | None = None
+        self._listener: asyncio.Server | None = None
+        self._agent_connections: set[PortProtocol] = set()
         self._saver: asyncio.Task[None] | None = None
         self._state_loaded = False
         self._last_saved = ""
@@ -138,8 +141,16 @@ class Simulator:
         self.metrics = Stats()
         runner = web.AppRunner(SimulatorServer(self).app(), access_log=None, shutdown_timeout=2.0)
         await runner.setup()
+        fallback = runner.server
+        assert fallback is not None
         try:
-            await web.TCPSite(runner, self.host, self.port, backlog=1024).start()
+            # The agent APIs' connections are answered by PortProtocol, the rest handed to aiohttp.
+            self._listener = await asyncio.get_running_loop().create_server(
+                lambda: PortProtocol(self, fallback, self._agent_connections),
+                self.host,
+                self.port,
+                backlog=1024,
+            )
         except BaseException:
             await runner.cleanup()
             raise
@@ -148,7 +159,7 @@ class Simulator:
             self.server_url, limit=self.connection_limit, timeout=self.request_timeout
         )
         self._runner = runner
-        self.port = runner.addresses[0][1]
+        self.port = self._listener.sockets[0].getsockname()[1]
         self._url = f"http://{self.advertise_host}:{self.port}"
         for agent in self.agents.values():
             agent.start(self._start_delay())
@@ -163,9 +174,13 @@ class Simulator:
             self._saver.cancel()
             await asyncio.gather(self._saver, return_exceptions=True)
         await asyncio.gather(*(agent.stop() for agent in self.agents.values()))
-        assert self._runner is not None
-        await self._runner.cleanup()
+        assert self._runner is not None and self._listener is not None
+        self._listener.close()
+        for connection in list(self._agent_connections):
+            connection.close()
+        await self._runner.cleanup()  # and the connections handed to aiohttp
         self._runner = None
+        self._listener = None
         if self.session is not None:
             await self.session.close()
             self.session = None

@@ -1,6 +1,8 @@
-"""The simulator's one HTTP server: every device's agent API and port-80 service, and /sim/ control.
+"""The simulator's aiohttp server: every device's port-80 service, and /sim/ control.
 
-- `/d/<uuid>/...`: the agent API of that device (agent >= 1.1.0), signed pushes from the server.
+It shares the simulator's one port with the devices' agent APIs (`/d/<uuid>/...`, signed pushes
+from the server), which devices.simulator.agent_api answers and hands every other connection to.
+
 - `/w/<uuid>/...`: the device's port-80 web service, what the public device URL proxies to.
 - `/sim/...`: control for tests, demos and the CLI (power, lock, hang, stats). Not part of the
   protocol and unauthenticated: bind the simulator to a local address.
@@ -8,49 +10,26 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import html
-import json
-import re
-import time
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from devices.keys import verify_push
-
-from .model import ACTION_KINDS
+from . import agent_api
 
 if TYPE_CHECKING:
     from .agent import Agent
     from .core import Simulator
 
 MAX_BODY = 64 * 1024
-CLOCK_SKEW_S = 300
-ACTION_PATH = re.compile(r"^/v1/actions/([^/]+)$")
-MAX_KEY_LENGTH = 200
 
 STYLESHEET = """body { font-family: system-ui, sans-serif; margin: 2rem; color: #223; }
 h1 { font-size: 1.4rem; } code { background: #eef; padding: 0 .25rem; }
 """
 
 
-ACCEPTED = {"accepted": True}
-ACCEPTED_BODY = json.dumps(ACCEPTED).encode()
-
-
 def error(status: int, code: str, detail: str) -> web.Response:
     return web.json_response({"error": code, "detail": detail}, status=status)
-
-
-def json_answer(answer: dict[str, Any], status: int) -> web.Response:
-    """web.json_response(answer, status=status); the answer to almost every push serialized once."""
-    if answer == ACCEPTED:
-        return web.Response(
-            body=ACCEPTED_BODY, status=status, content_type="application/json", charset="utf-8"
-        )
-    return web.json_response(answer, status=status)
 
 
 def drop_connection(request: web.Request) -> web.StreamResponse:
@@ -68,7 +47,7 @@ class SimulatorServer:
     def app(self) -> web.Application:
         app = web.Application(client_max_size=MAX_BODY)
         add = app.router.add_route
-        # The longer route first: every push takes it, and the router tries routes in this order.
+        # Requests for the agent APIs on a connection handed over by agent_api.PortProtocol.
         add("*", "/d/{uuid}/{tail:.*}", self.agent_api)
         add("*", "/d/{uuid}", self.agent_api)
         add("*", "/w/{uuid}", self.web_service)
@@ -83,78 +62,23 @@ class SimulatorServer:
     def _agent(self, request: web.Request) -> Agent | None:
         return self.sim.agents.get(request.match_info["uuid"])
 
-    # -- agent API -------------------------------------------------------------------------
-
-    async def _hang(self, request: web.Request, agent: Agent) -> web.StreamResponse:
-        """Answer nothing until unhung. The device's events say when the request came and when the
-        client gave up on it (closed the connection), so tests can see how long a push waited."""
-        self.sim.metrics.count("hung_requests")
-        agent.device.log_event("hung_request", request.path)
-        while not agent.unhung.is_set():
-            if request.transport is None or request.transport.is_closing():
-                agent.device.log_event("hung_request_abandoned", request.path)
-                return web.Response(status=204)  # never written: the client has gone
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(agent.unhung.wait(), 0.05)
-        return drop_connection(request)
-
     async def agent_api(self, request: web.Request) -> web.StreamResponse:
-        agent = self._agent(request)
-        if agent is None:
-            return error(404, "not_found", "No such device.")
-        dev, metrics = agent.device, self.sim.metrics
-        if not dev.is_up:
-            metrics.count("dropped_connections")
-            return drop_connection(request)
-        if not dev.has_agent_api:
-            # Agents older than 1.1.0 listen on nothing; the simulator's server answers for them.
-            return error(404, "not_found", "This agent has no API (agent older than 1.1.0).")
-        if dev.hung:
-            return await self._hang(request, agent)
-
-        path = request.path[len(f"/d/{dev.uuid}") :] or "/"
+        """The same answers as on the agent API's own connections (agent_api.respond)."""
         body = await request.read()
-        if not self._signed(request, dev.push_secret or "", path, body):
-            metrics.count("pushes_rejected")
-            return error(401, "invalid_signature", "Missing or wrong X-Fleet-Signature or X-Fleet-Timestamp.")
-
-        if path == "/v1/update" and request.method == "POST":
-            metrics.count("nudges")
-            agent.spawn(agent.poll())
-            return json_answer(ACCEPTED, 202)
-        match = ACTION_PATH.match(path)
-        if match is None:
-            return error(404, "not_found", f"No agent API at {path}.")
-        if request.method != "POST":
-            return error(405, "method_not_allowed", "Actions are POSTed.")
-        kind = match.group(1)
-        if kind not in ACTION_KINDS:
-            return error(400, "unknown_action", f"Unknown action {kind!r}; one of {', '.join(ACTION_KINDS)}.")
-        try:
-            payload = json.loads(body or b"{}")
-        except ValueError:
-            return error(400, "invalid", "The body is not JSON.")
-        if not isinstance(payload, dict) or not isinstance(payload.get("params", {}), dict):
-            return error(400, "invalid", 'The body must be {"key": ..., "params": {}}.')
-        header_key = request.headers.get("Idempotency-Key", "")
-        key = header_key or payload.get("key") or ""
-        if not isinstance(key, str) or not key or len(key) > MAX_KEY_LENGTH:
-            return error(400, "invalid", "An idempotency key is required.")
-        if header_key and payload.get("key") not in (None, header_key):
-            return error(400, "invalid", "The Idempotency-Key header and the body's key differ.")
-        status, answer = agent.accept_action(kind, key)
-        return json_answer(answer, status)
-
-    @staticmethod
-    def _signed(request: web.Request, secret: str, path: str, body: bytes) -> bool:
-        try:
-            timestamp = int(request.headers.get("X-Fleet-Timestamp", ""))
-        except ValueError:
-            return False
-        signature = request.headers.get("X-Fleet-Signature", "")
-        if not secret or not signature or abs(time.time() - timestamp) > CLOCK_SKEW_S:
-            return False
-        return verify_push(secret, timestamp, request.method, path, body, signature)
+        answer = agent_api.respond(
+            self.sim, request.method, request.path, lambda name: request.headers.get(name.decode(), ""), body
+        )
+        if answer is agent_api.NoAnswer.DROP:
+            return drop_connection(request)
+        if answer is agent_api.NoAnswer.HANG:
+            transport = request.transport
+            if not await agent_api.hang(
+                self.sim, request.path, lambda: transport is None or transport.is_closing()
+            ):
+                return web.Response(status=204)  # never written: the client has gone
+            return drop_connection(request)
+        status, payload = answer
+        return web.json_response(payload, status=status)
 
     # -- port 80 ---------------------------------------------------------------------------
 

@@ -4,6 +4,7 @@ Every request is validated completely before anything is written, so a malformed
 unauthenticated report changes nothing.
 """
 
+import contextlib
 import ipaddress
 import json
 import re
@@ -265,8 +266,20 @@ def register(request):
 @require_http_methods(["PATCH"])
 def report_state(request, identity):
     now = timezone.now()
-    fields = clean_report(_json_body(request), now)
+    payload = _json_body(request)
+    fields = clean_report(payload, now)
+    results = clean_carried_results(payload)
     ingest.buffer_report(identity.id, fields, now)
+    if results:
+        # Those of this device's deliveries only, as action_result takes them; the rest are ignored.
+        ours = set(
+            ActionDelivery.objects.filter(
+                device_id=identity.id, action_id__in=[action_id for _, _, _, action_id, _ in results]
+            ).values_list("action_id", flat=True)
+        )
+        for key, state, reason, action_id, device_id in results:
+            if device_id == identity.id and action_id in ours:
+                ingest.buffer_result(identity.id, key, state, reason)
     return HttpResponse(status=204)
 
 
@@ -307,6 +320,37 @@ def action_result(request, identity):
         raise AgentError(404, "unknown_action", "That key is not an action delivery of this device.")
     ingest.buffer_result(identity.id, key, state, reason)
     return HttpResponse(status=204)
+
+
+MAX_CARRIED_RESULTS = 8
+
+
+def clean_carried_results(payload: dict) -> list[tuple[str, str, str, int, int]]:
+    """The action results a report carries (its `results`, PROTOCOL.md): each one's key, state,
+    reason, action id and device id (a key that is no delivery key left out), or AgentError naming
+    the field (nothing of the report is recorded then)."""
+    value = payload.get("results")
+    if value is None:
+        return []
+    invalid = AgentError(
+        400,
+        "invalid",
+        "The report has invalid fields; nothing was recorded.",
+        {
+            "results": f"must be a list of at most {MAX_CARRIED_RESULTS} results, each as actions/result takes it"
+        },
+    )
+    if not isinstance(value, list) or len(value) > MAX_CARRIED_RESULTS:
+        raise invalid
+    cleaned = []
+    for entry in value:
+        try:
+            key, state, reason = clean_result(entry if isinstance(entry, dict) else {})
+        except AgentError:
+            raise invalid from None
+        with contextlib.suppress(AgentError):  # not a delivery key: ignored, as one of another device
+            cleaned.append((key, state, reason, *parse_delivery_key(key)))
+    return cleaned
 
 
 def clean_result(payload: dict) -> tuple[str, str, str]:

@@ -8,7 +8,8 @@ with httptools' parser; a report that the fast path takes (`AgentReportFastPath.
 together with every other report that arrived meanwhile, in one script call
 (`ingest.report_script`), and answered with the view's 204 and headers. Action results are taken
 the same way (`ingest.results_script`) when Redis knows the delivery was pushed to that device
-(`ingest.remember_sent`): the view's database read is not needed then.
+(`ingest.remember_sent`): the view's database read is not needed then; so are those a report
+carries (`results`, PROTOCOL.md), with the report.
 
 A target poll with the ETag the device was last answered is answered 304 the same way
 (`targets`: the ETag the view remembered, while nothing a target is built from has changed).
@@ -169,11 +170,13 @@ class AgentServer:
         if self.fast_path.takes(environ):
             report = self.fast_path.report(environ, environ["wsgi.input"].getvalue())
             if report is not None:
-                key_hash, fields, now = report
-                answer = await self.reports.submit(
-                    ingest._identity_key(key_hash), ingest.report_args(fields, now)
-                )
-                if answer and ingest.identity_from_answer(answer) is not None:
+                key_hash, fields, now, results = report
+                identity = ingest._identity_key(key_hash)
+                answer = await self.reports.submit(identity, ingest.report_args(fields, now))
+                taken = answer and ingest.identity_from_answer(answer) is not None
+                # Results it carries that Redis does not take go to Django with the whole
+                # request, and the report once more: the same state again.
+                if taken and (not results or await self._results_taken(identity, results)):
                     return self.no_content(environ, request.keep_alive)
         elif self.fast_path.takes_target(environ):
             poll = self.fast_path.target(environ)
@@ -193,6 +196,19 @@ class AgentServer:
                     return self.no_content(environ, request.keep_alive)
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self.pool, self._django, environ, request.keep_alive)
+
+    async def _results_taken(self, identity: str, results: list) -> bool:
+        """Whether Redis took every result a report carries (ingest.results_script: each a delivery
+        pushed to this device); if not, the whole request goes to Django."""
+        taken = await asyncio.gather(
+            *(
+                self.results.submit(
+                    identity, (action_id, device_id, ingest.result_entry(device_id, key, state, reason))
+                )
+                for key, state, reason, action_id, device_id in results
+            )
+        )
+        return all(answer == 1 for answer in taken)
 
     def no_content(self, environ: dict, keep_alive: bool) -> bytes:
         """The view's 204, as bytes made once per set of headers (fast_path.headers)."""

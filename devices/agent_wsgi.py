@@ -25,7 +25,7 @@ from django.utils import timezone
 from redis.exceptions import RedisError
 
 from devices import ingest, public_url, targets
-from devices.agent_api import MAX_BODY, clean_report, clean_result
+from devices.agent_api import MAX_BODY, clean_carried_results, clean_report, clean_result
 from devices.keys import hash_secret
 from devices.services import AgentError
 from devices.services.engine import parse_delivery_key
@@ -189,15 +189,16 @@ class AgentReportFastPath:
             return None, {}
         return token, payload
 
-    def report(self, environ, body: bytes) -> tuple[str, dict, datetime] | None:
-        """(api key hash, cleaned fields, time) of a well-formed report with a bearer key, else None:
-        the view then answers it, with its own error."""
+    def report(self, environ, body: bytes) -> tuple[str, dict, datetime, list] | None:
+        """(api key hash, cleaned fields, time, the results it carries as clean_carried_results
+        gives them) of a well-formed report with a bearer key, else None: the view then answers
+        it, with its own error."""
         token, payload = self._bearer_and_json(environ, body)
         if token is None:
             return None
         now = timezone.now()
         try:
-            return hash_secret(token), clean_report(payload, now), now
+            return hash_secret(token), clean_report(payload, now), now, clean_carried_results(payload)
         except AgentError:
             return None
 
@@ -205,8 +206,11 @@ class AgentReportFastPath:
         report = self.report(environ, body)
         if report is None:
             return False
+        key_hash, fields, now, results = report
+        if results:
+            return False  # the view records them (serve_agent_api takes them on its fast path)
         try:
-            return ingest.buffer_report_by_key(*report) is not None
+            return ingest.buffer_report_by_key(key_hash, fields, now) is not None
         except RedisError:
             return False
 

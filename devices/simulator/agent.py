@@ -261,9 +261,10 @@ class Agent:
         )
         return "refused"
 
-    async def report(self) -> bool:
+    async def report(self, results: list[dict[str, str]] | None = None) -> bool:
         """PATCH /device/state with what changed since the last accepted report (the whole state
-        the first time and every FULL_REPORT_EVERY reports); a 401 orphans the device."""
+        the first time and every FULL_REPORT_EVERY reports), carrying `results` (of actions that
+        changed it: PROTOCOL.md); a 401 orphans the device."""
         dev, metrics = self.device, self.sim.metrics
         if not dev.registered:
             return False
@@ -275,6 +276,9 @@ class Agent:
                 else None
             )
             body, reported = dev.report_update(self.sim.url, since)
+            if results:
+                carried = b'"results":' + encode_json(results).encode()
+                body = b"{%s}" % carried if body == b"{}" else b"%s,%s}" % (body[:-1], carried)
             started, sent_at = time.monotonic(), asyncio.get_running_loop().time()
             try:
                 status, data, _ = await self._request("PATCH", "/api/v1/device/state", body, auth=key)
@@ -417,6 +421,15 @@ class Agent:
         self._updating = True
         self.spawn(work)
 
+    async def report_with_result(self, key: str, state: str, reason: str) -> None:
+        """Report what an action changed, carrying its result: one request, not two (PROTOCOL.md).
+        If that report is not accepted, the result goes on its own (post_result, retried)."""
+        self.device.remember_result(key, state, reason)
+        if await self.report(results=[{"key": key, "state": state, "reason": reason}]):
+            self.sim.metrics.count("results")
+            return
+        await self.post_result(key, state, reason)
+
     async def post_result(self, key: str, state: str, reason: str) -> bool:
         """POST the action's result, retrying with backoff while the server is unreachable."""
         dev, metrics = self.device, self.sim.metrics
@@ -520,8 +533,7 @@ class Agent:
         if killed is None:
             return
         self.device.recreate_containers(self.sim.rng)
-        await self.report()
-        await self.post_result(key, "succeeded", self._services_reason("recreated", killed))
+        await self.report_with_result(key, "succeeded", self._services_reason("recreated", killed))
 
     async def _purge(self, key: str, boot: int) -> None:
         killed = await self._stop_services(boot)
@@ -529,8 +541,9 @@ class Agent:
             return
         what = self.device.clear_persistent_data()
         self.device.recreate_containers(self.sim.rng)
-        await self.report()
-        await self.post_result(key, "succeeded", f"{what}; {self._services_reason('restarted', killed)}")
+        await self.report_with_result(
+            key, "succeeded", f"{what}; {self._services_reason('restarted', killed)}"
+        )
 
     async def _go_down_and_boot(self, boot: int) -> bool:
         """Report `rebooting`, stay dark for reboot_seconds, boot. False if power was lost meanwhile."""
@@ -550,16 +563,14 @@ class Agent:
     async def _reboot(self, key: str, boot: int) -> None:
         if not await self._go_down_and_boot(boot):
             return
-        await self.report()
+        await self.report_with_result(key, "succeeded", f"rebooted; back after {self.sim.reboot_seconds:g} s")
         self.spawn(self.poll())  # an agent polls its target at boot
-        await self.post_result(key, "succeeded", f"rebooted; back after {self.sim.reboot_seconds:g} s")
 
     async def _shutdown(self, key: str, boot: int) -> None:
         dev = self.device
         dev.status = SHUTTING_DOWN
-        await self.report()
         # The result goes out before power-off: a device that is off cannot report anything.
-        await self.post_result(key, "succeeded", "shut down; stays off until powered on at the device")
+        await self.report_with_result(key, "succeeded", "shut down; stays off until powered on at the device")
         if dev.boot_id == boot:
             dev.power_off()
             dev.log_event("power_off", "shutdown")

@@ -354,3 +354,37 @@ class TestResult:
         response = client.post(RESULT, {"key": f"1-{device.pk}", "state": "great"},
                                content_type="application/json", **auth(key))
         assert response.status_code == 400
+
+    def test_results_carried_in_a_report_are_recorded_with_it_and_another_device_s_are_ignored(
+        self, client, registered, fleet
+    ):
+        from devices.models import ActionDelivery, DeviceAction
+        from devices.services import action_record
+
+        device, key = registered
+        other = make_device(fleet)
+        action = action_record(actor=make_user(), kind="restart", fleet=device.fleet, summary="")
+        DeviceAction.objects.filter(pk=action.pk).update(state="dispatching", sent_count=2, target_count=2)
+        for target in (device, other):
+            ActionDelivery.objects.create(action=action, device=target, device_uuid=target.uuid,
+                                          device_name=target.name, state="sent")  # fmt: skip
+        carried = [
+            {"key": f"{action.pk}-{device.pk}", "state": "succeeded", "reason": "1 service recreated"},
+            {"key": f"{action.pk}-{other.pk}", "state": "failed"},
+            {"key": "not-a-delivery", "state": "failed"},
+        ]
+        assert patch(client, key, {"uptime_s": 60, "results": carried}).status_code == 204
+        ingest.flush()
+        outcomes = dict(ActionDelivery.objects.filter(action=action).values_list("device_id", "state"))
+        assert outcomes == {device.pk: "succeeded", other.pk: "sent"}
+        assert Device.objects.get(pk=device.pk).booted_at is not None
+
+    @pytest.mark.parametrize(
+        "results",
+        [{"key": "1-1"}, [{"key": "1-1", "state": "great"}], ["1-1"], [{"key": "1-1", "state": "failed"}] * 9],
+    )
+    def test_a_report_carrying_malformed_results_is_refused_whole(self, client, registered, results):
+        device, key = registered
+        response = patch(client, key, {"uptime_s": 60, "results": results})
+        assert response.status_code == 400 and "results" in response.json()["fields"]
+        assert Device.objects.get(pk=device.pk).booted_at is None

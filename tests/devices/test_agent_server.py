@@ -87,7 +87,9 @@ def test_a_target_poll_is_answered_304_until_the_target_changes(agent_server, fl
     assert status == 200 and json.loads(body)["fleet"]["id"] == fleet.pk
     etag = {"If-None-Match": headers["ETag"]}
     for _ in range(2):  # the view remembered the ETag: the server answers the second from Redis
-        status, not_modified, body = request(agent_server, "GET", "/api/v1/device/target", key=key, headers=etag)
+        status, not_modified, body = request(
+            agent_server, "GET", "/api/v1/device/target", key=key, headers=etag
+        )
         assert (status, body, not_modified["ETag"]) == (304, b"", headers["ETag"])
         assert not_modified["X-Content-Type-Options"] == "nosniff"
     Device.objects.filter(uuid=uuid).update(name="renamed")  # in this process, on the same Redis
@@ -173,6 +175,41 @@ class TestResults:
         body = {"key": f"{gone.action_id}-{device.pk}", "state": "succeeded"}
         assert request(agent_server, "POST", "/api/v1/device/actions/result", body, key)[0] == 204
         ingest.flush()
+
+    def test_results_a_report_carries_are_taken_with_it_and_those_redis_does_not_know_by_django(
+        self, agent_server, fleet
+    ):
+        uuid, key = register(agent_server, fleet)
+        other_uuid, _ = register(agent_server, fleet)
+        device, other = Device.objects.get(uuid=uuid), Device.objects.get(uuid=other_uuid)
+        request(agent_server, "PATCH", "/api/v1/device/state", REPORT, key)  # the key is cached now
+        pushed, unknown, theirs = self.delivery(device), self.delivery(device), self.delivery(other)
+        ingest.remember_sent(pushed.action_id, [device.pk])  # Redis knows of this one only
+        report = {
+            "uptime_s": 5,
+            "results": [{"key": f"{pushed.action_id}-{device.pk}", "state": "succeeded"}],
+        }
+        assert request(agent_server, "PATCH", "/api/v1/device/state", report, key)[0] == 204
+        carried = [
+            {"key": f"{unknown.action_id}-{device.pk}", "state": "failed", "reason": "No"},
+            {"key": f"{theirs.action_id}-{other.pk}", "state": "succeeded"},  # another device's: ignored
+        ]
+        assert request(agent_server, "PATCH", "/api/v1/device/state", {"results": carried}, key)[0] == 204
+        ingest.flush()
+        for delivery in (pushed, unknown, theirs):
+            delivery.refresh_from_db()
+        assert (pushed.state, unknown.state, unknown.reason, theirs.state) == (
+            "succeeded",
+            "failed",
+            "No",
+            "sent",
+        )
+        device.refresh_from_db()
+        assert device.booted_at is not None  # the report itself was recorded too
+
+        bad = {"uptime_s": 9, "results": [{"key": f"{theirs.action_id}-{device.pk}", "state": "great"}]}
+        status, _, data = request(agent_server, "PATCH", "/api/v1/device/state", bad, key)
+        assert status == 400 and "results" in json.loads(data)["fields"]
 
     def test_a_result_redis_does_not_know_gets_the_views_answer(self, agent_server, fleet):
         uuid, key = register(agent_server, fleet)

@@ -58,6 +58,7 @@ class FakeServer:
         self.unavailable_for = 0  # this many next reports are answered 503
         self.polls: list[tuple[str, str | None, int]] = []
         self.results: list[tuple[str, dict[str, Any], float]] = []
+        self.carried_results = 0  # of those, how many came in a report rather than on their own
         self.url = ""
         self._runner: web.AppRunner | None = None
 
@@ -123,7 +124,11 @@ class FakeServer:
         if self.unavailable_for:
             self.unavailable_for -= 1
             return web.json_response({"error": "unavailable", "detail": "Later."}, status=503)
-        self.reports.setdefault(uuid, []).append(await request.json())
+        report = await request.json()
+        for result in report.pop("results", []):  # carried by the report of what the action changed
+            self.results.append((uuid, result, time.monotonic()))
+            self.carried_results += 1
+        self.reports.setdefault(uuid, []).append(report)
         self.report_times.setdefault(uuid, []).append(time.monotonic())
         return web.Response(status=204)
 
@@ -565,8 +570,33 @@ def test_restart_recreates_every_container_and_sigkills_a_service_ignoring_sigte
             reported = {s["name"]: s["container_id"] for s in server.last_report(device.uuid)["services"]}
             assert reported == {s.name: s.container_id for s in device.services}
             # Stopping for the grace period was reported while it lasted.
-            statuses = [[s["status"] for s in r["services"]] for r in server.reports[device.uuid] if "services" in r]
+            statuses = [
+                [s["status"] for s in r["services"]] for r in server.reports[device.uuid] if "services" in r
+            ]
             assert ["stopping", "stopping"] in statuses
+
+    run(scenario)
+
+
+def test_an_action_s_result_rides_on_the_report_of_its_change_and_goes_alone_if_that_report_fails():
+    async def scenario():
+        async with running() as (server, sim, session):
+            device = new_device(sim, services=["main"])
+            await online(server, sim, device)
+            await action(session, sim, device, "restart", "5-1")
+            await wait_for(lambda: server.results_of(device.uuid), what="the result")
+            (report,) = [
+                r
+                for r in server.reports[device.uuid]
+                if r.get("services") and r is not server.reports[device.uuid][0]
+            ]
+            assert server.carried_results == 1 and "results" not in report
+
+            server.unavailable_for = 1  # the report of the second restart is answered 503
+            await action(session, sim, device, "restart", "5-2")
+            await wait_for(lambda: len(server.results_of(device.uuid)) == 2, what="the second result")
+            assert server.carried_results == 1  # the second went on its own, once
+            assert [r["key"] for r in server.results_of(device.uuid)] == ["5-1", "5-2"]
 
     run(scenario)
 

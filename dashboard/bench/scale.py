@@ -513,15 +513,25 @@ def follow_action(plan: Plan, action_id: int, posted: float) -> dict:
     """Poll the action's counters until it is done (or the timeout): fan-out and end-to-end times."""
     fanout = done = None
     row, timeline, noted = {}, [], 0.0
+    r = redis.Redis.from_url(settings.REDIS_URL)
+    before = simulator_action_totals(plan)
     while time.monotonic() - posted < plan.restart_timeout:
         close_old_connections()
         row = DeviceAction.objects.filter(pk=action_id).values().get()
-        if time.monotonic() - noted >= 15:  # where the time goes: answered pushes, final outcomes
+        if time.monotonic() - noted >= 15:
+            # Where the time goes: pushes answered, taken by the simulators, results they sent,
+            # results and reports waiting in Redis for the flusher, outcomes final.
             noted = time.monotonic()
             final = row["target_count"] - sum(
                 row[f"{s}_count"] for s in ("pending", "sending", "sent", "waiting")
             )
-            timeline.append(f"{noted - posted:.0f}s: {row['sent_count']:,} sent, {final:,} final")
+            sims = simulator_action_totals(plan)
+            taken, results = (sims[k] - before[k] for k in ("pushes", "results"))
+            timeline.append(
+                f"{noted - posted:.0f}s: {row['sent_count']:,} sent, {final:,} final "
+                f"(simulators: {taken:,} pushes taken, {results:,} results sent; waiting in Redis: "
+                f"{r.xlen(ingest.RESULTS):,} results, {r.zcard(ingest.DIRTY):,} reports)"
+            )
         dispatched = row["state"] in (ActionState.DISPATCHING, ActionState.DONE)
         if fanout is None and dispatched and row["pending_count"] == 0 and row["sending_count"] == 0:
             fanout = time.monotonic() - posted

@@ -193,14 +193,19 @@ class PushPool:
         return connection
 
     def _take(self, address: Address) -> Connection | None:
+        """The address's connection given back last, if one is idle and not past its keep-alive."""
         idle = self._idle.get(address)
-        while idle:
+        taken = None
+        while idle and taken is None:
             connection = idle.pop()
             del self._idle_order[connection]
             if self.loop.time() - connection.idle_since < self._keepalive_s:
-                return connection
-            connection.close()
-        return None
+                taken = connection
+            else:
+                connection.close()
+        if idle is not None and not idle:
+            del self._idle[address]
+        return taken
 
     def _give_back(self, address: Address, connection: Connection) -> None:
         connection.idle_since = self.loop.time()

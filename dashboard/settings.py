@@ -231,6 +231,10 @@ AGENT_PUSH_TIMEOUT_S = env_float("AGENT_PUSH_TIMEOUT_S", 5.0)
 # How many pushes one delivery task has in flight at once; the time limit above starts when a
 # push's request starts, not while it waits for one of these.
 AGENT_PUSH_CONCURRENCY = env_int("AGENT_PUSH_CONCURRENCY", 200)
+# How many results a second a large action's devices send on top of their heartbeats: an action of
+# more devices lets each hold its result for up to one report interval (PROTOCOL.md,
+# report_within_s), so the results ride on the reports the devices send anyway. 0: always at once.
+ACTION_RESULTS_PER_S = env_int("ACTION_RESULTS_PER_S", 1000)
 # A sent action whose result never arrives is failed after this long.
 ACTION_RESULT_TIMEOUT_S = env_int("ACTION_RESULT_TIMEOUT_S", 120)
 # A host OS update the device has not reported done within this long fails (and is withdrawn).

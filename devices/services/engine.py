@@ -598,7 +598,7 @@ def _deliver(action_id: int, rows: QuerySet, claim: str) -> None:
         action = (
             DeviceAction.objects.select_for_update()
             .filter(pk=action_id)
-            .values("kind", "params", "state")
+            .values("kind", "params", "state", "target_count")
             .first()
         )
         if action is None:
@@ -631,7 +631,8 @@ def _deliver(action_id: int, rows: QuerySet, claim: str) -> None:
     )
     with contextlib.suppress(RedisError):  # without it the agents' results take the database read
         ingest.remember_sent(action_id, device_ids)
-    results = pushes.run(_push_all(action["kind"], action["params"], action_id, targets))
+    within = report_window_s(action["target_count"])
+    results = pushes.run(_push_all(action["kind"], action["params"], action_id, targets, within))
     missing = set(device_ids) - {t["pk"] for t in targets}
     results += [PushResult(pk, DeliveryState.FAILED, "Device was deleted") for pk in missing]
     _record_push_results(action_id, rows.filter(claim=claim), results)
@@ -720,7 +721,21 @@ def _addressed(targets: list[dict]) -> tuple[list[tuple[dict, pushes.Target | No
     return addressed, Counter(where.address for _, where, _ in addressed if where is not None)
 
 
-async def _push_all(kind: str, params: dict, action_id: int, targets: list[dict]) -> list[PushResult]:
+def report_window_s(target_count: int) -> int:
+    """How long each device of an action of `target_count` devices may hold its result for a report
+    it sends anyway (PROTOCOL.md, report_within_s): 0 (at once) up to ACTION_RESULTS_PER_S devices,
+    then a second more for each ACTION_RESULTS_PER_S, up to one report interval. A 100,000-device
+    restart's results then come with the fleet's heartbeats, spread over one interval, instead of
+    as 100,000 reports on top of them while the pushes still go out."""
+    rate = settings.ACTION_RESULTS_PER_S
+    if rate <= 0:
+        return 0
+    return max(0, min(settings.AGENT_REPORT_INTERVAL_S, target_count // rate))
+
+
+async def _push_all(
+    kind: str, params: dict, action_id: int, targets: list[dict], within: int = 0
+) -> list[PushResult]:
     slots = asyncio.Semaphore(settings.AGENT_PUSH_CONCURRENCY)
     addressed, remaining = _addressed(targets)
     async with pushes.pool() as pool:
@@ -731,7 +746,7 @@ async def _push_all(kind: str, params: dict, action_id: int, targets: list[dict]
             action_id,
             slots=slots,
             remaining=remaining,
-            params_json=json.dumps(params).encode(),
+            body_rest=_body_rest(params, within),
         )
         return await asyncio.gather(*(push(*target) for target in addressed))
 
@@ -744,13 +759,13 @@ async def _push_one(
     where: pushes.Target | None,
     refusal: str,
     *,
-    params_json: bytes,
+    body_rest: bytes,
     slots: asyncio.Semaphore | None = None,
     remaining: Counter | None = None,
 ) -> PushResult:
     """Push one action to one agent, at `where` (or not: `refusal`, see _addressed). `remaining`:
-    pushes of the batch per address still to start (_closes_after); `params_json`: the params,
-    encoded once for the batch."""
+    pushes of the batch per address still to start (_closes_after); `body_rest`: the params and
+    the rest of the body, encoded once for the batch (_body_rest)."""
     device_id = target["pk"]
     if where is None:
         if not refusal:
@@ -758,7 +773,7 @@ async def _push_one(
         return PushResult(device_id, DeliveryState.FAILED, f"The agent's API address {refusal}"[:300])
     key = delivery_key(action_id, device_id)
     path = f"/v1/actions/{kind}"
-    body = _action_body(key, params_json)
+    body = _action_body(key, body_rest)
     headers = b"Content-Type: application/json\r\nIdempotency-Key: %s\r\n" % key.encode()
     try:
         async with _PushSlot(slots):
@@ -783,10 +798,16 @@ async def _push_one(
     )
 
 
-def _action_body(key: str, params_json: bytes) -> bytes:
-    """json.dumps({"key": key, "params": params}).encode(), with the params encoded already (a key
-    is digits and a dash: nothing to escape)."""
-    return b'{"key": "%s", "params": %s}' % (key.encode(), params_json)
+def _body_rest(params: dict, within: int = 0) -> bytes:
+    """What follows the key in each push body of a batch (_action_body), encoded once."""
+    rest = json.dumps(params).encode()
+    return b'%s, "report_within_s": %d' % (rest, within) if within > 0 else rest
+
+
+def _action_body(key: str, body_rest: bytes) -> bytes:
+    """json.dumps({"key": key, "params": params, ...}).encode(), with the params (and what follows
+    them, _body_rest) encoded already (a key is digits and a dash: nothing to escape)."""
+    return b'{"key": "%s", "params": %s}' % (key.encode(), body_rest)
 
 
 def devices_nudge(device_ids: list[int]) -> int:

@@ -10,6 +10,7 @@ thing at a time.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import logging
 import time
@@ -34,6 +35,8 @@ NETWORK_ERRORS = (ConnectionError, TimeoutError, OSError)
 RESULT_ATTEMPTS = 40
 # Between two reports of the whole state, this many that say only what changed (10 min at 20 s).
 FULL_REPORT_EVERY = 30
+# The most results one report carries (PROTOCOL.md, results).
+MAX_CARRIED_RESULTS = 8
 OS_UPDATE_STEPS = 5
 JSON_CONTENT_TYPE = header_lines({"Content-Type": "application/json"})
 
@@ -55,6 +58,9 @@ class Agent:
         self._since_full = 0
         # When the last accepted report went out (loop time): a heartbeat is due one interval later.
         self._reported_at = float("-inf")
+        self._heartbeat_due = float("-inf")  # when the report loop next wakes (loop time)
+        # Results of ended actions waiting for the next report to carry them, by key (in order).
+        self._riding: dict[str, dict[str, str]] = {}
         self._poll_lock = asyncio.Lock()
         self._updating = False  # a release or OS update is running or queued on the action lock
         self._last_blocked = ""
@@ -132,6 +138,7 @@ class Agent:
         orphan_skips = 0
         counted_from = self._reported_at
         while True:
+            self._heartbeat_due = due
             if due > loop.time():
                 await sim.wakeups.sleep_until(due)
             if self._reported_at != counted_from and dev.is_up and not dev.orphaned:
@@ -261,10 +268,10 @@ class Agent:
         )
         return "refused"
 
-    async def report(self, results: list[dict[str, str]] | None = None) -> bool:
+    async def report(self) -> bool:
         """PATCH /device/state with what changed since the last accepted report (the whole state
-        the first time and every FULL_REPORT_EVERY reports), carrying `results` (of actions that
-        changed it: PROTOCOL.md); a 401 orphans the device."""
+        the first time and every FULL_REPORT_EVERY reports), carrying the results waiting for a
+        report (report_with_result; PROTOCOL.md, results); a 401 orphans the device."""
         dev, metrics = self.device, self.sim.metrics
         if not dev.registered:
             return False
@@ -276,9 +283,10 @@ class Agent:
                 else None
             )
             body, reported = dev.report_update(self.sim.url, since)
-            if results:
-                carried = b'"results":' + encode_json(results).encode()
-                body = b"{%s}" % carried if body == b"{}" else b"%s,%s}" % (body[:-1], carried)
+            carried = self._take_riding()
+            if carried:
+                results = b'"results":' + encode_json(carried).encode()
+                body = b"{%s}" % results if body == b"{}" else b"%s,%s}" % (body[:-1], results)
             started, sent_at = time.monotonic(), asyncio.get_running_loop().time()
             try:
                 status, data, _ = await self._request("PATCH", "/api/v1/device/state", body, auth=key)
@@ -287,13 +295,17 @@ class Agent:
                 # report, then changed back, would be left out of a report against that one.
                 self._accepted = None
                 metrics.count("reports_failed")
+                self._send_alone(carried)
                 return False
             metrics.record_rtt(time.monotonic() - started)
             if 200 <= status < 300:
                 self._accepted, self._reported_at = (key, reported), sent_at
                 self._since_full = 0 if since is None else self._since_full + 1
+                if carried:
+                    metrics.count("results", len(carried))
             else:
                 self._accepted = None  # refused or not stored: the next report says everything
+                self._send_alone(carried)
         if status == 401:
             metrics.count("reports_refused")
             self._orphan()
@@ -421,14 +433,41 @@ class Agent:
         self._updating = True
         self.spawn(work)
 
-    async def report_with_result(self, key: str, state: str, reason: str) -> None:
+    async def report_with_result(self, key: str, state: str, reason: str, within: float = 0.0) -> None:
         """Report what an action changed, carrying its result: one request, not two (PROTOCOL.md).
-        If that report is not accepted, the result goes on its own (post_result, retried)."""
+        `within` > 0 (the push's report_within_s): the result may wait that long for a report. When
+        the next heartbeat is due by then, it carries the result (no request of its own); else a
+        report goes at a random moment of those seconds, so a large action's results spread
+        evenly. A report that is not accepted sends its results on their own (post_result)."""
         self.device.remember_result(key, state, reason)
-        if await self.report(results=[{"key": key, "state": state, "reason": reason}]):
-            self.sim.metrics.count("results")
+        self._riding[key] = {"key": key, "state": state, "reason": reason}
+        if within <= 0:
+            await self.report()
             return
-        await self.post_result(key, state, reason)
+        now = asyncio.get_running_loop().time()
+        if self._next_heartbeat() - now > within:  # else the heartbeat takes it
+            self.spawn(self._report_at(now + self.sim.rng.uniform(0, within), key))
+
+    async def _report_at(self, when: float, key: str) -> None:
+        await self.sim.wakeups.sleep_until(when)
+        if key in self._riding:  # no report has taken it meanwhile
+            await self.report()
+
+    def _next_heartbeat(self) -> float:
+        """When the report loop sends its next heartbeat (loop time): at its next wake-up, or one
+        interval after a report sent since (_report_loop)."""
+        return max(self._heartbeat_due, self._reported_at + self.sim.report_interval)
+
+    def _take_riding(self) -> list[dict[str, str]]:
+        taken = list(itertools.islice(self._riding.values(), MAX_CARRIED_RESULTS))
+        for result in taken:
+            del self._riding[result["key"]]
+        return taken
+
+    def _send_alone(self, results: list[dict[str, str]]) -> None:
+        """The results a report carried that was not accepted: each on its own, retried."""
+        for result in results:
+            self.spawn(self.post_result(result["key"], result["state"], result["reason"]))
 
     async def post_result(self, key: str, state: str, reason: str) -> bool:
         """POST the action's result, retrying with backoff while the server is unreachable."""
@@ -461,7 +500,7 @@ class Agent:
 
     # -- agent API: one-shot actions -------------------------------------------------------
 
-    def accept_action(self, kind: str, key: str) -> tuple[int, dict[str, Any]]:
+    def accept_action(self, kind: str, key: str, within: float = 0.0) -> tuple[int, dict[str, Any]]:
         """Decide at once (the HTTP answer); the action itself runs in the background."""
         dev, metrics = self.device, self.sim.metrics
         if key in dev.accepted_keys:
@@ -479,22 +518,25 @@ class Agent:
             }
         dev.remember_key(key)
         metrics.count("pushes")
-        self.spawn(self._run_action(kind, key))
+        self.spawn(self._run_action(kind, key, within))
         return 202, {"accepted": True}
 
-    async def _run_action(self, kind: str, key: str) -> None:
+    async def _run_action(self, kind: str, key: str, within: float = 0.0) -> None:
+        """Run one accepted action. `within`: how long a restart's or a purge's result may wait
+        for a report (report_with_result); a reboot and a shutdown report at once, as the device
+        goes dark."""
         async with self._action_lock:
             dev = self.device
             boot = dev.boot_id
             if not self._alive(boot):
                 return  # lost power before its turn: never done, never reported
             dev.actions_executed[kind] += 1
-            dev.log_event(kind, f"key {key}")
+            dev.log_event(kind, f"key {key}" + (f"; the result may wait {within:g} s" if within else ""))
             self.sim.metrics.count(f"executed_{kind}")
             if kind == "restart":
-                await self._restart(key, boot)
+                await self._restart(key, boot, within)
             elif kind == "purge":
-                await self._purge(key, boot)
+                await self._purge(key, boot, within)
             elif kind == "reboot":
                 await self._reboot(key, boot)
             elif kind == "shutdown":
@@ -528,22 +570,22 @@ class Agent:
             reason += f"; {', '.join(killed)} killed after {self.sim.sigkill_after:g} s"
         return reason
 
-    async def _restart(self, key: str, boot: int) -> None:
+    async def _restart(self, key: str, boot: int, within: float) -> None:
         killed = await self._stop_services(boot)
         if killed is None:
             return
         self.device.recreate_containers(self.sim.rng)
-        await self.report_with_result(key, "succeeded", self._services_reason("recreated", killed))
+        reason = self._services_reason("recreated", killed)
+        await self.report_with_result(key, "succeeded", reason, within)
 
-    async def _purge(self, key: str, boot: int) -> None:
+    async def _purge(self, key: str, boot: int, within: float) -> None:
         killed = await self._stop_services(boot)
         if killed is None:
             return
         what = self.device.clear_persistent_data()
         self.device.recreate_containers(self.sim.rng)
-        await self.report_with_result(
-            key, "succeeded", f"{what}; {self._services_reason('restarted', killed)}"
-        )
+        reason = f"{what}; {self._services_reason('restarted', killed)}"
+        await self.report_with_result(key, "succeeded", reason, within)
 
     async def _go_down_and_boot(self, boot: int) -> bool:
         """Report `rebooting`, stay dark for reboot_seconds, boot. False if power was lost meanwhile."""

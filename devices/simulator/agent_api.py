@@ -35,6 +35,8 @@ if TYPE_CHECKING:
 MAX_BODY = 64 * 1024
 CLOCK_SKEW_S = 300
 MAX_KEY_LENGTH = 200
+# The longest a push may let its result wait for a report (PROTOCOL.md, report_within_s).
+MAX_REPORT_WITHIN_S = 3600
 MAX_HEAD = 8 * 1024  # request line and headers
 PREFIX = b"/d/"
 ACTION_PATH = re.compile(r"^/v1/actions/([^/]+)$")
@@ -246,7 +248,14 @@ def respond(
         return error(400, "invalid", "An idempotency key is required.")
     if header_key and payload.get("key") not in (None, header_key):
         return error(400, "invalid", "The Idempotency-Key header and the body's key differ.")
-    status, answer = agent.accept_action(kind, key)
+    within = payload.get("report_within_s", 0)
+    if (
+        isinstance(within, bool)
+        or not isinstance(within, int | float)
+        or not 0 <= within <= MAX_REPORT_WITHIN_S
+    ):
+        return error(400, "invalid", f"report_within_s must be a number of seconds, 0-{MAX_REPORT_WITHIN_S}.")
+    status, answer = agent.accept_action(kind, key, float(within))
     return status, (ACCEPTED if answer == ACCEPTED else answer)
 
 

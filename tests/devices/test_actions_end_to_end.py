@@ -79,6 +79,23 @@ class TestRestart:
         for device in devices:
             assert simulator.snapshot(device.uuid)["actions_executed"]["restart"] == 1
 
+    def test_a_large_restart_s_results_ride_on_the_devices_heartbeats(self, client, p, celery_worker, provision,
+                                                                      simulator):
+        # Three devices count as a large action at one result a second: each may hold its result
+        # 3 s, and its heartbeat (every second here) carries it.
+        celery_worker.restart(env={"ACTION_RESULTS_PER_S": "1"})
+        devices = [provision(p.fleet) for _ in range(3)]
+        client.force_login(p.operator)
+        client.post(f"/fleets/{p.fleet.pk}/actions/restart/", {"confirm": p.fleet.name})
+        action = DeviceAction.objects.get()
+        wait_until(lambda: DeviceAction.objects.get(pk=action.pk).state == "done", timeout=40, message="done")
+        action.refresh_from_db()
+        assert (action.target_count, action.succeeded_count) == (3, 3)
+        for device in devices:
+            (restart,) = [e for e in simulator.snapshot(device.uuid)["events"] if e["kind"] == "restart"]
+            assert restart["detail"].endswith("the result may wait 3 s")
+            assert "1 service recreated" in ActionDelivery.objects.get(device=device).reason
+
 
 class TestPurge:
     @pytest.mark.parametrize(("os_version", "volumes"), [("2.9.7", {"/data"}), ("2.58.3", None)])

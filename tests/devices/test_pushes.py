@@ -471,13 +471,28 @@ def test_push_secrets_are_the_ones_agents_were_given_at_registration(settings):
             assert push_secret_for(uuid) == expected
 
 
-def test_a_push_body_is_the_json_of_its_key_and_params():
+def test_a_push_body_is_the_json_of_its_key_params_and_how_long_the_result_may_wait():
+    key = engine.delivery_key(123456789012, 987654321)
     for params in ({}, {"version": "5.1.20", "lock_override": True}):
-        key = engine.delivery_key(123456789012, 987654321)
-        assert (
-            engine._action_body(key, json.dumps(params).encode())
-            == json.dumps({"key": key, "params": params}).encode()
-        )
+        assert json.loads(engine._action_body(key, engine._body_rest(params))) == {
+            "key": key,
+            "params": params,
+        }
+        assert json.loads(engine._action_body(key, engine._body_rest(params, 12))) == {
+            "key": key,
+            "params": params,
+            "report_within_s": 12,
+        }
+
+
+def test_a_large_action_lets_its_results_wait_for_the_devices_reports_up_to_one_interval(settings):
+    settings.ACTION_RESULTS_PER_S, settings.AGENT_REPORT_INTERVAL_S = 1000, 20
+    # Up to a second's worth of results: at once, as for one device.
+    assert [engine.report_window_s(n) for n in (1, 999)] == [0, 0]
+    assert [engine.report_window_s(n) for n in (1000, 10_000, 19_999)] == [1, 10, 19]
+    assert [engine.report_window_s(n) for n in (20_000, 100_000)] == [20, 20]
+    settings.ACTION_RESULTS_PER_S = 0  # turned off
+    assert engine.report_window_s(100_000) == 0
 
 
 def test_the_address_check_follows_the_setting_for_addresses_seen_before(settings):

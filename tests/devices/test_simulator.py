@@ -601,6 +601,76 @@ def test_an_action_s_result_rides_on_the_report_of_its_change_and_goes_alone_if_
     run(scenario)
 
 
+async def just_reported(server: FakeServer, device: VirtualDevice) -> float:
+    """Wait for the device's next report; its time."""
+    count = len(server.reports[device.uuid])
+    await wait_for(lambda: len(server.reports[device.uuid]) > count, what="the next report")
+    return server.report_times[device.uuid][-1]
+
+
+def test_a_result_allowed_to_wait_rides_on_the_heartbeat_due_in_time_and_goes_alone_if_that_fails():
+    async def scenario():
+        async with running(report_interval=1.0) as (server, sim, session):
+            device = new_device(sim, services=["main"])
+            await online(server, sim, device)
+            heartbeat = await just_reported(server, device)
+            reports = len(server.reports[device.uuid])
+            pushed = time.monotonic()
+            body = {"key": "6-1", "params": {}, "report_within_s": 5}
+            assert (await push(session, sim, device, "/v1/actions/restart", body))[0] == 202
+            await wait_for(lambda: server.results_of(device.uuid), what="the result")
+            # No report of its own: the next heartbeat, one interval after the last, carried it,
+            # with the new containers.
+            (carrier,) = server.reports[device.uuid][reports:]
+            (carried_at,) = server.report_times[device.uuid][reports:]
+            assert carried_at - heartbeat > 0.9 and carried_at - pushed > 0.5
+            assert server.carried_results == 1
+            assert [s["container_id"] for s in carrier["services"]] == [device.services[0].container_id]
+
+            # The heartbeat that carries the next one is answered 503: the result goes on its own.
+            await just_reported(server, device)
+            server.unavailable_for = 1
+            body = {"key": "6-2", "params": {}, "report_within_s": 5}
+            assert (await push(session, sim, device, "/v1/actions/restart", body))[0] == 202
+            await wait_for(lambda: len(server.results_of(device.uuid)) == 2, what="the second result")
+            assert server.carried_results == 1
+            assert [r["key"] for r in server.results_of(device.uuid)] == ["6-1", "6-2"]
+
+    run(scenario)
+
+
+def test_results_allowed_to_wait_longer_than_to_the_next_heartbeat_come_spread_over_the_window():
+    async def scenario():
+        async with running() as (server, sim, session):  # heartbeats every 30 s: none due in time
+            devices = [new_device(sim, services=["main"]) for _ in range(20)]
+            await online(server, sim, *devices)
+            pushed = time.monotonic()
+            for index, device in enumerate(devices):
+                body = {"key": f"7-{index}", "params": {}, "report_within_s": 1}
+                assert (await push(session, sim, device, "/v1/actions/purge", body))[0] == 202
+            await wait_for(lambda: len(server.results) == 20, what="the results")
+            arrived = sorted(at - pushed for _, _, at in server.results)
+            assert server.carried_results == 20  # each in a report of its own device's state
+            assert arrived[-1] < 1.5 and arrived[-1] - arrived[0] > 0.4  # spread, not all at once
+            assert all(server.last_report(d.uuid)["volumes"][0]["files"] == 0 for d in devices)
+
+    run(scenario)
+
+
+def test_a_push_letting_the_result_wait_for_a_nonsense_time_is_refused_and_changes_nothing():
+    async def scenario():
+        async with running() as (server, sim, session):
+            device = new_device(sim)
+            await online(server, sim, device)
+            for within in (-1, "soon", True, 3601):
+                body = {"key": "8-1", "params": {}, "report_within_s": within}
+                status, answer = await push(session, sim, device, "/v1/actions/restart", body)
+                assert (status, answer["error"]) == (400, "invalid") and "report_within_s" in answer["detail"]
+            assert sum(device.actions_executed.values()) == 0 and device.accepted_keys == {}
+
+    run(scenario)
+
+
 def test_restart_without_a_service_ignoring_sigterm_does_not_wait_for_the_grace():
     async def scenario():
         async with running(sigkill_after=5.0) as (server, sim, session):

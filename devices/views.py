@@ -42,6 +42,7 @@ from devices.selectors import (
     keyset_page_for,
     sort_for,
 )
+from devices.services.engine import report_window_s
 from fleets.models import Fleet, FleetRole
 from fleets.selectors import device_for_user, devices_for_user, fleet_for_user, visible_fleet_ids
 
@@ -429,7 +430,10 @@ def _confirm_or_dispatch(request, spec: services.ActionSpec, target: Target):
 def _rollout(data, policy: str) -> tuple[dict | None, str | None]:
     """The staged rollout the confirmation asked for, or why it cannot be done."""
     if policy != OfflinePolicy.ONLINE_ONLY:
-        return None, "A staged rollout reaches the devices online at each stage: choose to skip offline devices."
+        return (
+            None,
+            "A staged rollout reaches the devices online at each stage: choose to skip offline devices.",
+        )
     try:
         size, halt = int(data.get("stage_size", "")), int(data.get("halt_failure_pct", ""))
     except ValueError:
@@ -444,11 +448,18 @@ def _rollout(data, policy: str) -> tuple[dict | None, str | None]:
 OUTCOME_SORT = Sort("device", "Device", ("device_id", "id"))
 
 
+# The kinds whose results may wait for the device's next report (a push's report_within_s).
+RESULTS_MAY_WAIT = ("restart", "purge")
+
+
 @login_required
 def action_detail(request, fleet_id, action_id):
     fleet = fleet_for_user(request.user, fleet_id)
     action = get_object_or_404(DeviceAction.objects.select_related("device"), pk=action_id, fleet=fleet)
     context = {"fleet": fleet, "access": fleet.access, "action": action}
+    if action.kind in RESULTS_MAY_WAIT:
+        # A large action's devices send their results with their next reports (PROTOCOL.md).
+        context["results_within_s"] = report_window_s(action.target_count)
     if request.htmx and request.htmx.target == "action-progress":
         # Polled every second while the action runs: the counters on the action row, nothing else.
         return render(request, "devices/action_detail.html#progress", context)

@@ -74,3 +74,15 @@ def test_the_log_costs_the_same_queries_however_long_it_is(client, p, django_ass
         record(p, ActionKind.REBOOT, device=make_device(p.fleet))
     with django_assert_max_num_queries(len(few.captured_queries)):
         client.get(f"/fleets/{p.fleet.pk}/activity/")
+
+
+@pytest.mark.parametrize(("kind", "shown"), [(ActionKind.RESTART, True), (ActionKind.REBOOT, False)])
+def test_a_large_restart_s_progress_says_its_results_come_with_the_devices_next_reports(
+    client, p, settings, kind, shown
+):
+    settings.ACTION_RESULTS_PER_S, settings.AGENT_REPORT_INTERVAL_S = 1000, 20
+    action = record(p, kind)
+    p.fleet.actions.filter(pk=action.pk).update(target_count=100_000, sent_count=60_000)
+    client.force_login(p.observer)
+    html = client.get(f"/fleets/{p.fleet.pk}/activity/{action.pk}/").content.decode()
+    assert ("results come with the devices' next reports, within 20 s" in html) is shown

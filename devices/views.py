@@ -448,18 +448,13 @@ def _rollout(data, policy: str) -> tuple[dict | None, str | None]:
 OUTCOME_SORT = Sort("device", "Device", ("device_id", "id"))
 
 
-# The kinds whose results may wait for the device's next report (a push's report_within_s).
-RESULTS_MAY_WAIT = ("restart", "purge")
-
-
 @login_required
 def action_detail(request, fleet_id, action_id):
     fleet = fleet_for_user(request.user, fleet_id)
     action = get_object_or_404(DeviceAction.objects.select_related("device"), pk=action_id, fleet=fleet)
     context = {"fleet": fleet, "access": fleet.access, "action": action}
-    if action.kind in RESULTS_MAY_WAIT:
-        # A large action's devices send their results with their next reports (PROTOCOL.md).
-        context["results_within_s"] = report_window_s(action.target_count)
+    # A large restart's devices send their results with their next reports (PROTOCOL.md).
+    context["results_within_s"] = report_window_s(action.kind, action.target_count)
     if request.htmx and request.htmx.target == "action-progress":
         # Polled every second while the action runs: the counters on the action row, nothing else.
         return render(request, "devices/action_detail.html#progress", context)

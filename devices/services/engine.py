@@ -631,7 +631,7 @@ def _deliver(action_id: int, rows: QuerySet, claim: str) -> None:
     )
     with contextlib.suppress(RedisError):  # without it the agents' results take the database read
         ingest.remember_sent(action_id, device_ids)
-    within = report_window_s(action["target_count"])
+    within = report_window_s(action["kind"], action["target_count"])
     results = pushes.run(_push_all(action["kind"], action["params"], action_id, targets, within))
     missing = set(device_ids) - {t["pk"] for t in targets}
     results += [PushResult(pk, DeliveryState.FAILED, "Device was deleted") for pk in missing]
@@ -721,16 +721,21 @@ def _addressed(targets: list[dict]) -> tuple[list[tuple[dict, pushes.Target | No
     return addressed, Counter(where.address for _, where, _ in addressed if where is not None)
 
 
-def report_window_s(target_count: int) -> int:
-    """How long each device of an action of `target_count` devices may hold its result for a report
-    it sends anyway (PROTOCOL.md, report_within_s): 0 (at once) up to ACTION_RESULTS_PER_S devices,
-    then a second more for each ACTION_RESULTS_PER_S, up to one report interval. A 100,000-device
-    restart's results then come with the fleet's heartbeats, spread over one interval, instead of
-    as 100,000 reports on top of them while the pushes still go out."""
+# The kinds whose results may wait for the device's next report (PROTOCOL.md, report_within_s): a
+# reboot and a shutdown report at once, as the device goes dark.
+RESULTS_MAY_WAIT = ("restart", "purge")
+
+
+def report_window_s(kind: str, target_count: int) -> int:
+    """How long each device of a `kind` action of `target_count` devices may hold its result for a
+    report it sends anyway (PROTOCOL.md, report_within_s): 0 (at once) up to ACTION_RESULTS_PER_S
+    devices, then a second more for each ACTION_RESULTS_PER_S, up to one report interval. A
+    100,000-device restart's results then come with the fleet's heartbeats, spread over one
+    interval, instead of as 100,000 reports on top of them while the pushes still go out."""
     rate = settings.ACTION_RESULTS_PER_S
-    if rate <= 0:
+    if kind not in RESULTS_MAY_WAIT or rate <= 0:
         return 0
-    return max(0, min(settings.AGENT_REPORT_INTERVAL_S, target_count // rate))
+    return min(settings.AGENT_REPORT_INTERVAL_S, target_count // rate)
 
 
 async def _push_all(

@@ -488,11 +488,13 @@ def test_a_push_body_is_the_json_of_its_key_params_and_how_long_the_result_may_w
 def test_a_large_action_lets_its_results_wait_for_the_devices_reports_up_to_one_interval(settings):
     settings.ACTION_RESULTS_PER_S, settings.AGENT_REPORT_INTERVAL_S = 1000, 20
     # Up to a second's worth of results: at once, as for one device.
-    assert [engine.report_window_s(n) for n in (1, 999)] == [0, 0]
-    assert [engine.report_window_s(n) for n in (1000, 10_000, 19_999)] == [1, 10, 19]
-    assert [engine.report_window_s(n) for n in (20_000, 100_000)] == [20, 20]
+    assert [engine.report_window_s("restart", n) for n in (1, 999)] == [0, 0]
+    assert [engine.report_window_s("restart", n) for n in (1000, 10_000, 19_999)] == [1, 10, 19]
+    assert [engine.report_window_s("purge", n) for n in (20_000, 100_000)] == [20, 20]
+    # A reboot or a shutdown reports at once: the device goes dark.
+    assert [engine.report_window_s(kind, 100_000) for kind in ("reboot", "shutdown")] == [0, 0]
     settings.ACTION_RESULTS_PER_S = 0  # turned off
-    assert engine.report_window_s(100_000) == 0
+    assert engine.report_window_s("restart", 100_000) == 0
 
 
 def test_the_address_check_follows_the_setting_for_addresses_seen_before(settings):

@@ -455,7 +455,10 @@ class Agent:
 
     def _next_heartbeat(self) -> float:
         """When the report loop sends its next heartbeat (loop time): at its next wake-up, or one
-        interval after a report sent since (_report_loop)."""
+        interval after a report sent since (_report_loop); never, as far as a waiting result can
+        tell, while the loop has not started (the agent still waits for its start or registers)."""
+        if self._heartbeat_due == float("-inf"):
+            return float("inf")
         return max(self._heartbeat_due, self._reported_at + self.sim.report_interval)
 
     def _take_riding(self) -> list[dict[str, str]]:

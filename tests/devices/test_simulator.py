@@ -657,6 +657,26 @@ def test_results_allowed_to_wait_longer_than_to_the_next_heartbeat_come_spread_o
     run(scenario)
 
 
+def test_a_result_allowed_to_wait_is_reported_in_time_by_an_agent_whose_report_loop_has_not_started():
+    """A provisioned device whose agent has not yet started its schedule (start_spread) still
+    answers pushes; with no heartbeat coming, the result goes within the window all the same."""
+
+    async def scenario():
+        async with running(start_spread=600.0) as (server, sim, session):
+            device = new_device(
+                sim, provisioning_key=None, services=["main"], api_key="ak-early", push_secret="ps-early"
+            )
+            server.by_api_key["ak-early"], server.devices[device.uuid] = device.uuid, {"deleted": False}
+            await sim.start()
+            pushed = time.monotonic()
+            body = {"key": "9-1", "params": {}, "report_within_s": 1}
+            assert (await push(session, sim, device, "/v1/actions/restart", body))[0] == 202
+            await wait_for(lambda: server.results_of(device.uuid), timeout=3.0, what="the result")
+            assert server.report_times[device.uuid][-1] - pushed < 1.5 and server.carried_results == 1
+
+    run(scenario)
+
+
 def test_a_push_letting_the_result_wait_for_a_nonsense_time_is_refused_and_changes_nothing():
     async def scenario():
         async with running() as (server, sim, session):

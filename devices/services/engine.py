@@ -266,7 +266,13 @@ def _transition(
     action_id: int, deliveries: QuerySet, from_states, to_state: str, *, reason=None, now=None, changes=None
 ) -> int:
     """Move deliveries from any of `from_states` to `to_state` (setting `changes` too), keeping the
-    action's counters exact."""
+    action's counters exact.
+
+    `from_states` go in the order deliveries flow between them (sending before sent): a row that
+    another transaction moves from one to a later one meanwhile is still caught. In READ COMMITTED
+    each UPDATE sees what committed before it began and waits for a row another transaction holds,
+    then skips it if it no longer matches: the next UPDATE, begun after that commit, takes it. In
+    the other order that row would be missed by both (a result lost while its push was recorded)."""
     now = now or timezone.now()
     values = {"state": to_state, **(changes or {})}
     if reason is not None:
@@ -969,7 +975,7 @@ def record_results(groups: dict[tuple[int, str, str], list[int]]) -> int:
         moved += _transition(
             action_id,
             rows,
-            [DeliveryState.SENT, DeliveryState.SENDING],
+            [DeliveryState.SENDING, DeliveryState.SENT],  # in this order: see _transition
             RESULT_STATES[state],
             reason=reason[:300],
         )
@@ -1003,7 +1009,7 @@ def action_cancel(*, action: DeviceAction) -> int:
     return _transition(
         action.pk,
         rows,
-        [DeliveryState.HELD, DeliveryState.PENDING, DeliveryState.WAITING],
+        [DeliveryState.HELD, DeliveryState.WAITING, DeliveryState.PENDING],  # see _transition
         DeliveryState.CANCELLED,
         reason="Cancelled before it was sent",
         now=now,

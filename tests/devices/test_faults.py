@@ -114,7 +114,7 @@ class TestWorkerKilled:
             except AssertionError:
                 a = DeviceAction.objects.get(pk=action.pk)
                 counts = {s: a.count_of(s) for s in ("pending", "sending", "sent", "succeeded", "failed", "waiting")}
-                raise AssertionError(f"not done: {a.state} {counts}") from None
+                raise AssertionError(f"not done: {a.state} {counts}; {self._stuck(sim, action)}") from None
             action.refresh_from_db()
             assert ActionDelivery.objects.filter(action=action).count() == self.DEVICES
             assert action.succeeded_count == self.DEVICES, {
@@ -124,6 +124,19 @@ class TestWorkerKilled:
             assert max(executed) == 1 and sum(executed) == self.DEVICES
         finally:
             sim.stop()
+
+    @staticmethod
+    def _stuck(sim, action):
+        """What the simulator knows of a few deliveries still open: the agent's last events, the
+        results it remembers and those still waiting for a report."""
+        open_ones = ActionDelivery.objects.filter(action=action, state__in=["sent", "sending"])
+
+        def known(sim, uuid):
+            agent = sim.simulator.agents[uuid]
+            return {"events": list(agent.device.events)[-6:], "results": dict(agent.device.results),
+                    "riding": dict(agent._riding)}  # fmt: skip
+
+        return {uuid: sim.run(known, sim, uuid) for uuid in open_ones.values_list("device__uuid", flat=True)[:3]}
 
     @staticmethod
     def _all_snapshots(sim):

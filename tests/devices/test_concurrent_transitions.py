@@ -1,0 +1,65 @@
+"""Deliveries moved by two transactions at once: a device's result arriving while its worker records
+the push. Real connections, one per thread, on the test database (PostgreSQL in CI)."""
+
+import threading
+import time
+
+import pytest
+from django.db import connection, connections, transaction
+
+from devices import services
+from devices.models import ActionDelivery, ActionScope, ActionState, DeliveryState, DeviceAction
+from devices.services import engine
+from tests.factories import Personas, make_device
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def wait_until_blocked(thread: threading.Thread) -> None:
+    """Until the other connection waits for a row lock (PostgreSQL), or a moment (SQLite, whose
+    writer waits for the database lock as a whole)."""
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and thread.is_alive():
+        if connection.vendor != "postgresql":
+            time.sleep(0.5)
+            return
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT count(*) FROM pg_locks WHERE NOT granted")  # live, unlike pg_stat_activity
+            if cursor.fetchone()[0]:
+                return
+        time.sleep(0.02)
+    raise AssertionError("the result's transaction never waited for the push's")
+
+
+def test_a_result_that_arrives_while_its_push_is_being_recorded_is_not_lost():
+    """The worker moves a delivery from sending to sent while the flusher records the device's
+    result: the result waits for the worker's commit, then wins, and the action is done."""
+    p = Personas()
+    device = make_device(p.fleet)
+    action = services.action_create(actor=p.operator, fleet=p.fleet, kind="restart", scope=ActionScope.FLEET)
+    services.action_expand(action.pk)
+    rows = ActionDelivery.objects.filter(action=action)
+    engine._transition(action.pk, rows, [DeliveryState.PENDING], DeliveryState.SENDING)
+    errors: list[BaseException] = []
+
+    def flusher():
+        try:
+            engine.record_results({(action.pk, "succeeded", "1 service recreated"): [device.pk]})
+        except BaseException as error:  # reported by the test, not lost in the thread
+            errors.append(error)
+        finally:
+            connections.close_all()
+
+    with transaction.atomic():  # the worker's _record_push_results, held open
+        engine._transition(action.pk, rows, [DeliveryState.SENDING], DeliveryState.SENT)
+        thread = threading.Thread(target=flusher)
+        thread.start()
+        wait_until_blocked(thread)
+    thread.join(timeout=30)
+
+    assert not errors and not thread.is_alive()
+    delivery = rows.get()
+    assert (delivery.state, delivery.reason) == (DeliveryState.SUCCEEDED, "1 service recreated")
+    action = DeviceAction.objects.get(pk=action.pk)
+    assert (action.sent_count, action.sending_count, action.succeeded_count) == (0, 0, 1)
+    assert action.state == ActionState.DONE

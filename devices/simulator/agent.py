@@ -462,6 +462,8 @@ class Agent:
         return max(self._heartbeat_due, self._reported_at + self.sim.report_interval)
 
     def _take_riding(self) -> list[dict[str, str]]:
+        if not self._riding:  # nearly every report: nothing waits
+            return []
         taken = list(itertools.islice(self._riding.values(), MAX_CARRIED_RESULTS))
         for result in taken:
             del self._riding[result["key"]]

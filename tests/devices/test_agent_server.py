@@ -283,3 +283,31 @@ def test_a_connection_quiet_for_the_keep_alive_is_closed_and_an_active_one_is_no
         return states
 
     assert asyncio.run(scenario()) == (True, False, True)
+
+
+def test_request_headers_reach_django_as_wsgi_servers_pass_them():
+    """Names in any case, repeated headers joined, a name with an underscore dropped (it must not
+    pass for its dashed twin), and the same again for the next request."""
+    from devices.agent_server import AgentServer, Request
+
+    server = AgentServer(host="127.0.0.1", port=0, threads=1)
+    try:
+        headers = [
+            (b"host", b"127.0.0.1"),
+            (b"AUTHORIZATION", b"Bearer k1 "),
+            (b"Content-Type", b"application/json"),
+            (b"X-Forwarded-For", b"10.0.0.1"),
+            (b"x-forwarded-for", b"10.0.0.2"),
+            (b"X_Forwarded_Host", b"evil.example"),
+        ]
+        for _ in range(2):
+            environ = server.environ(
+                Request("PATCH", b"/api/v1/device/state?x=1", list(headers), [b"{}"]), None
+            )
+            assert environ["HTTP_HOST"] == "127.0.0.1" and environ["HTTP_AUTHORIZATION"] == "Bearer k1"
+            assert environ["CONTENT_TYPE"] == "application/json" and environ["CONTENT_LENGTH"] == "2"
+            assert environ["HTTP_X_FORWARDED_FOR"] == "10.0.0.1,10.0.0.2"
+            assert "HTTP_X_FORWARDED_HOST" not in environ
+            assert (environ["PATH_INFO"], environ["QUERY_STRING"]) == ("/api/v1/device/state", "x=1")
+    finally:
+        server.pool.shutdown()

@@ -367,6 +367,10 @@ class AgentConnection(asyncio.Protocol):
     # answering
 
     async def _answer_in_order(self) -> None:
+        """Answer the requests of the connection one after the other. The answers to requests a
+        client sent without waiting (pipelined) go out together, in one write, once none is left
+        waiting (at most MAX_QUEUED at a time): one system call instead of one per answer."""
+        unsent: list[bytes] = []
         while True:
             request = await self.queue.get()
             self.busy = True
@@ -379,12 +383,16 @@ class AgentConnection(asyncio.Protocol):
                 self.busy = False
             if self.transport.is_closing():
                 return
-            self.transport.write(data)
+            unsent.append(data)
             self.last_active = self.loop.time()
             if not request.keep_alive:
+                self.transport.write(b"".join(unsent))
                 self.closing = True
                 self.transport.close()
                 return
+            if self.queue.empty() or len(unsent) >= MAX_QUEUED:
+                self.transport.write(unsent[0] if len(unsent) == 1 else b"".join(unsent))
+                unsent.clear()
             if self.queue.qsize() < MAX_QUEUED // 2:
                 self.transport.resume_reading()
 

@@ -116,6 +116,20 @@ def test_requests_on_one_connection_are_answered_in_order(agent_server, fleet):
     assert statuses == [b"204", b"200", b"204", b"204"]
 
 
+def test_the_answers_to_pipelined_reports_come_together(agent_server, fleet):
+    """Eight reports sent without waiting: their eight answers arrive in one piece, not eight."""
+    _, key = register(agent_server, fleet)
+    report = json.dumps(REPORT).encode()
+    one = (
+        f"PATCH /api/v1/device/state HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {key}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(report)}\r\n\r\n"
+    ).encode() + report
+    with socket.create_connection(("127.0.0.1", agent_server), timeout=10) as sock:
+        sock.sendall(one * 8)
+        first = sock.recv(65536)
+    assert re.findall(rb"HTTP/1\.1 (\d{3})", first) == [b"204"] * 8
+
+
 def test_malformed_http_is_refused(agent_server):
     with socket.create_connection(("127.0.0.1", agent_server), timeout=10) as sock:
         sock.sendall(b"NOT HTTP AT ALL\r\n\r\n")

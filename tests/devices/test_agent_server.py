@@ -97,13 +97,18 @@ def test_a_target_poll_is_answered_304_until_the_target_changes(agent_server, fl
     assert status == 200 and json.loads(body)["name"] == "renamed"
 
 
-def test_requests_on_one_connection_are_answered_in_order(agent_server, fleet):
-    _, key = register(agent_server, fleet)
+def raw_report(key: str) -> bytes:
+    """A whole state report as the bytes of one HTTP/1.1 request, to send several without waiting."""
     report = json.dumps(REPORT).encode()
-    one = (
+    return (
         f"PATCH /api/v1/device/state HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {key}\r\n"
         f"Content-Type: application/json\r\nContent-Length: {len(report)}\r\n\r\n"
     ).encode() + report
+
+
+def test_requests_on_one_connection_are_answered_in_order(agent_server, fleet):
+    _, key = register(agent_server, fleet)
+    one = raw_report(key)
     poll = f"GET /api/v1/device/target HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {key}\r\n\r\n".encode()
     with socket.create_connection(("127.0.0.1", agent_server), timeout=10) as sock:
         sock.sendall(one + poll + one + one)  # pipelined: a slow Django answer between fast ones
@@ -119,13 +124,8 @@ def test_requests_on_one_connection_are_answered_in_order(agent_server, fleet):
 def test_the_answers_to_pipelined_reports_come_together(agent_server, fleet):
     """Eight reports sent without waiting: their eight answers arrive in one piece, not eight."""
     _, key = register(agent_server, fleet)
-    report = json.dumps(REPORT).encode()
-    one = (
-        f"PATCH /api/v1/device/state HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {key}\r\n"
-        f"Content-Type: application/json\r\nContent-Length: {len(report)}\r\n\r\n"
-    ).encode() + report
     with socket.create_connection(("127.0.0.1", agent_server), timeout=10) as sock:
-        sock.sendall(one * 8)
+        sock.sendall(raw_report(key) * 8)
         first = sock.recv(65536)
     assert re.findall(rb"HTTP/1\.1 (\d{3})", first) == [b"204"] * 8
 

@@ -6,15 +6,20 @@ pushes to agents (devices.services.pushes, a fleet-wide action's one push per de
 client spends about 0.3 ms of CPU on a request; here a request in flight is one future that the
 parser's callbacks complete, with no stream reader and writer between the socket and the parser.
 
-A connection carries one request at a time and knows whether it carried one before (`used`): a
-close before any byte of the answer on a used connection is the keep-alive race (the peer closed
-it while idle), which the pools retry once on a new connection. Plain HTTP/1.1 answers only:
+A connection may carry several requests at once (HTTP/1.1 pipelining: their answers come in the
+order they were sent). The requests given to it in one turn of the event loop leave in one write,
+and a server that answers them together does so in one write too: one system call each way for
+what would be one per request. A connection knows whether it carried a request before (`used`): a
+close before any byte of an answer, for a request that was not the first on its connection, is the
+keep-alive race (the peer closed it while idle) or a request the peer never read (it closed after
+an earlier answer), which the pools retry once on a new connection. Plain HTTP/1.1 answers only:
 Content-Length or chunked bodies, or a body up to the close.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from collections.abc import Callable
 
 import httptools
@@ -58,12 +63,13 @@ class Response:
 
 
 class Connection(asyncio.Protocol):
-    """One keep-alive connection, with one request in flight at most.
+    """One keep-alive connection and the requests in flight on it, the oldest first.
 
-    The httptools parser lives as long as the connection (it reads one answer after the other);
-    its callbacks are methods here and complete the waiting request's future. `forget` is called
-    once when the connection can serve no further request (closed by either side), so that its
-    pool never lends it again.
+    Made before it is connected (`loop.create_connection(lambda: connection, ...)`), it takes
+    requests at once: they leave when it connects (`fail` them if it does not). The httptools parser
+    lives as long as the connection (it reads one answer after the other); its callbacks are methods
+    here and complete the oldest request's future. `forget` is called once when the connection can
+    serve no further request (closed by either side), so that its pool never lends it again.
     """
 
     def __init__(
@@ -80,15 +86,23 @@ class Connection(asyncio.Protocol):
         self.parser = httptools.HttpResponseParser(self)
         self.used = False  # answered a request already: the peer may have closed it since
         self.closed = False
+        self.pooled = False  # for pools: whether it is in their list of connections to lend
         self.idle_since = 0.0  # for pools: when it was last given back
         self.lost: asyncio.Future[None] = loop.create_future()
-        self._waiter: asyncio.Future[tuple[Response, bool]] | None = None
-        self.deadline = 0.0  # of the request in flight, for pools that sweep (time_out)
+        # Requests in flight, the oldest first: the future of each answer and its deadline.
+        self._waiters: deque[tuple[asyncio.Future[tuple[Response, bool]], float]] = deque()
+        self._unsent: list[bytes] = []  # requests given in this turn of the loop, or before it connected
+        self._write_soon = False
         self._raw_headers: list[tuple[bytes, bytes]] = []
         self._chunks: list[bytes] = []
         self._length = 0
         self._headers_done = False
-        self._read_any = False
+        self._read_any = False  # of the oldest request's answer
+
+    @property
+    def in_flight(self) -> int:
+        """Requests sent (or to be sent) on it whose answers have not come yet."""
+        return len(self._waiters)
 
     async def exchange(self, data: bytes, deadline: float = 0.0) -> tuple[Response, bool]:
         """Send one request (`data`, whole); its answer and whether the connection may serve another.
@@ -97,22 +111,35 @@ class Connection(asyncio.Protocol):
         answer arrived, TimeoutError once past `deadline` if the pool sweeps (see `time_out`).
         Cancelled, the connection is left with an answer that may still come: close it.
         """
-        self._waiter = waiter = self.loop.create_future()
-        self.deadline = deadline
-        self._raw_headers, self._chunks, self._length = [], [], 0
-        self._headers_done = self._read_any = False
-        try:
-            if self.transport is None or self.transport.is_closing():
-                raise ConnectionClosed("the connection is closed", nothing_read=True)
-            self.transport.write(data)
-            return await waiter
-        finally:
-            self._waiter = None
+        if self.closed or (self.transport is not None and self.transport.is_closing()):
+            raise ConnectionClosed("the connection is closed", nothing_read=True)
+        waiter = self.loop.create_future()
+        self._waiters.append((waiter, deadline))
+        self._unsent.append(data)
+        if self.transport is not None and not self._write_soon:
+            self._write_soon = True
+            self.loop.call_soon(self._write)
+        return await waiter
+
+    def _write(self) -> None:
+        self._write_soon = False
+        if self._unsent and self.transport is not None and not self.transport.is_closing():
+            unsent, self._unsent = self._unsent, []
+            self.transport.write(unsent[0] if len(unsent) == 1 else b"".join(unsent))
 
     def time_out(self, now: float) -> None:
-        """Fail the request in flight if it is past its deadline."""
-        if now >= self.deadline:
-            self._fail(TimeoutError())
+        """Fail the requests in flight if the oldest is past its deadline: the answers to the others
+        come after its answer, if ever."""
+        if self._waiters and now >= self._waiters[0][1]:
+            self.fail(TimeoutError)
+
+    def fail(self, error: Callable[[], BaseException]) -> None:
+        """Fail every request in flight with an exception `error()` makes (one each: they are raised
+        in different tasks), say that the connection could not be made."""
+        while self._waiters:
+            waiter, _ = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_exception(error())
 
     def close(self) -> None:
         self._forget()
@@ -124,30 +151,31 @@ class Connection(asyncio.Protocol):
             self.closed = True
             self._on_forget(self)
 
-    def _fail(self, error: BaseException) -> None:
-        if self._waiter is not None and not self._waiter.done():
-            self._waiter.set_exception(error)
-
     # -- asyncio.Protocol ------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        if self.closed:
+            transport.close()
+        else:
+            self._write()
 
     def data_received(self, data: bytes) -> None:
-        if self._waiter is None or self._waiter.done():
+        if not self._waiters:
             self.close()  # nothing was asked (a server's 408 before it hangs up): not HTTP/1.1 for us
             return
-        self._read_any = True
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserError as error:
             # A callback's exception comes out wrapped, the callback's own as its context.
             cause = error.__context__
-            self._fail(
-                cause
-                if isinstance(cause, AnswerTooLarge)
-                else ConnectionClosed(f"unreadable answer: {error}")
-            )
+            if not isinstance(cause, AnswerTooLarge):
+                cause = ConnectionClosed(f"unreadable answer: {error}")
+            waiter, _ = self._waiters.popleft()
+            self._read_any = self._headers_done = False
+            if not waiter.done():
+                waiter.set_exception(cause)
+            self.close()  # the answers after it cannot be read: those requests fail as never answered
 
     def eof_received(self) -> None:
         self._forget()  # the peer is done with it; connection_lost follows
@@ -156,15 +184,22 @@ class Connection(asyncio.Protocol):
         self._forget()
         if not self.lost.done():
             self.lost.set_result(None)
-        if self._waiter is None or self._waiter.done():
+        if not self._waiters:
             return
         if self._headers_done:  # no Content-Length, not chunked: the body ends with the connection
             self._complete(keep_alive=False)
-            return
-        closed = ConnectionClosed("the peer closed the connection", nothing_read=not self._read_any)
-        self._waiter.set_exception(closed)
+        elif not self._waiters[0][0].done():
+            closed = ConnectionClosed("the peer closed the connection", nothing_read=not self._read_any)
+            self._waiters.popleft()[0].set_exception(closed)
+        # Those after it were not answered at all: perhaps never read.
+        self.fail(lambda: ConnectionClosed("the peer closed the connection", nothing_read=True))
 
     # -- httptools callbacks ---------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        self._read_any = True
+        self._raw_headers, self._chunks, self._length = [], [], 0
+        self._headers_done = False
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._raw_headers.append((name, value))
@@ -182,7 +217,12 @@ class Connection(asyncio.Protocol):
         self._complete(keep_alive=self.parser.should_keep_alive())
 
     def _complete(self, *, keep_alive: bool) -> None:
-        if self._waiter is None or self._waiter.done():
+        if not self._waiters:
             return  # an answer nobody waits for any more (timed out): the connection is closing
-        response = Response(self.parser.get_status_code(), self._raw_headers, b"".join(self._chunks))
-        self._waiter.set_result((response, keep_alive))
+        waiter, _ = self._waiters.popleft()
+        self._read_any = self._headers_done = False
+        if keep_alive:
+            self.used = True
+        if not waiter.done():
+            response = Response(self.parser.get_status_code(), self._raw_headers, b"".join(self._chunks))
+            waiter.set_result((response, keep_alive))

@@ -5,8 +5,13 @@ the same two cores as the server, so every microsecond the client spends is take
 it is meant to load. Each connection is a devices.http1.Connection (asyncio.Protocol and httptools,
 not aiohttp's client at about 0.3 ms of CPU a request). Time limits are not an `asyncio.timeout()`
 per request (a timer armed, rescheduled and cancelled each time) but one sweep over the
-connections now and then, which fails the future of a request past its deadline. The request is written in one buffer whose header lines the caller
-encodes once (see `header_lines`).
+connections now and then, which fails the future of a request past its deadline. The request is
+written in one buffer whose header lines the caller encodes once (see `header_lines`).
+
+Requests are pipelined: those that leave in one turn of the event loop (the devices woken by one
+tick of devices.simulator.wakeups) go on one connection, in one write, up to `depth` in flight on
+it, and the server answers them in one write too (devices.agent_server): one system call each way
+instead of one per request, on both sides.
 
 It speaks plain HTTP/1.1 over TCP (Content-Length or chunked bodies, or a body up to the close), as
 any agent would.
@@ -15,7 +20,6 @@ any agent would.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections import deque
 from collections.abc import Mapping
 from urllib.parse import urlsplit
@@ -25,6 +29,9 @@ from devices.http1 import Connection, Response
 BODY_METHODS = ("POST", "PUT", "PATCH")
 # How often a request's time limit is checked, per limit: a 10 s one times out within 10.5 s.
 SWEEPS_PER_TIMEOUT = 20
+# Requests in flight on one connection at most: half of what the agent API server reads ahead on a
+# connection before it waits (devices.agent_server.MAX_QUEUED).
+DEPTH = 16
 
 
 def header_lines(headers: Mapping[str, str]) -> bytes:
@@ -34,14 +41,16 @@ def header_lines(headers: Mapping[str, str]) -> bytes:
 
 
 class ServerClient:
-    """Requests to one server over at most `limit` connections, each request on one at a time.
+    """Requests to one server over at most `limit` connections, up to `depth` in flight on each.
 
-    Time limits are checked by one timer for the whole client, every `timeout / SWEEPS_PER_TIMEOUT`
-    seconds, over the connections: an event-loop timer per request (armed, then cancelled) cost
-    more than the rest of the client's work on it. A request times out that much late at most.
+    A request goes on the connection that took one last, while that one has room: requests that
+    leave together share a connection and its write. Time limits are checked by one timer for the
+    whole client, every `timeout / SWEEPS_PER_TIMEOUT` seconds, over the connections: an event-loop
+    timer per request (armed, then cancelled) cost more than the rest of the client's work on it. A
+    request times out that much late at most; the requests behind it on its connection with it.
     """
 
-    def __init__(self, base_url: str, *, limit: int, timeout: float) -> None:
+    def __init__(self, base_url: str, *, limit: int, timeout: float, depth: int = DEPTH) -> None:
         parts = urlsplit(base_url)
         if parts.scheme != "http":
             raise ValueError(f"the simulator speaks plain HTTP to the server, not {parts.scheme!r}")
@@ -50,12 +59,15 @@ class ServerClient:
         self.host_header = parts.netloc
         self.prefix = parts.path.rstrip("/")
         self.timeout = timeout
+        self.depth = depth
         self.loop = asyncio.get_running_loop()
         # Slots for requests, so at most `limit` connections: free ones, and requests waiting in line.
-        self._free_slots = limit
+        self._free_slots = limit * depth
         self._waiting: deque[asyncio.Future[None]] = deque()
-        self._idle: list[Connection] = []
-        self._connections: set[Connection] = set()
+        # Connections with room for another request (`pooled`), the one that took a request last at
+        # the end; a full one leaves the list until one of its answers comes.
+        self._ready: list[Connection] = []
+        self._connections: set[Connection] = set()  # open or opening
         # Request line and Host header by (method, path): a simulator calls only a handful of paths.
         self._starts: dict[tuple[str, str], bytes] = {}
         self._sweeper = self.loop.call_later(timeout / SWEEPS_PER_TIMEOUT, self._sweep)
@@ -82,28 +94,63 @@ class ServerClient:
         try:
             deadline = self.loop.time() + self.timeout
             for attempt in (1, 2):
-                connection = self._idle.pop() if self._idle else await self._connect(deadline)
-                reused = connection.used
+                connection = self._lend(deadline)
+                # Not its connection's first request: the server may have closed it before reading it.
+                reused = connection.used or connection.in_flight > 0
                 try:
                     response, keep_alive = await connection.exchange(data, deadline)
                 except ConnectionError as error:
                     connection.close()
-                    # A kept-alive connection the server closed meanwhile: once more on a new one.
+                    # The keep-alive race, or a request behind one the server hung up after: once
+                    # more on a new connection.
                     if reused and attempt == 1 and getattr(error, "nothing_read", False):
                         continue
                     raise ConnectionError(str(error) or error.__class__.__name__) from error
                 except BaseException:
                     connection.close()  # an answer may still come: the connection cannot serve another
                     raise
-                if keep_alive and not connection.closed:
-                    connection.used = True
-                    self._idle.append(connection)
-                else:
+                if not keep_alive:
                     connection.close()
+                elif not connection.closed and not connection.pooled:
+                    connection.pooled = True
+                    self._ready.append(connection)
                 return response
             raise AssertionError("unreachable")
         finally:
             self._release_slot()
+
+    def _lend(self, deadline: float) -> Connection:
+        """The connection for one more request: the last that took one, if it has room, else a new
+        one (connecting; the request leaves once it is connected)."""
+        if self._ready:
+            connection = self._ready[-1]
+            if connection.in_flight + 1 >= self.depth:  # full with this one
+                self._ready.pop()
+                connection.pooled = False
+            return connection
+        connection = Connection(self.loop, self._forget)
+        self._connections.add(connection)
+        if self.depth > 1:
+            connection.pooled = True
+            self._ready.append(connection)
+        self.loop.create_task(self._connect(connection, deadline))
+        return connection
+
+    async def _connect(self, connection: Connection, deadline: float) -> None:
+        try:
+            async with asyncio.timeout_at(deadline):
+                await self.loop.create_connection(lambda: connection, self.host, self.port)
+        except (OSError, TimeoutError) as error:
+            failure = error
+            connection.close()
+            self._connections.discard(connection)
+            connection.fail(lambda: _copy(failure))
+            return
+        except BaseException:
+            connection.close()
+            self._connections.discard(connection)
+            raise
+        connection.lost.add_done_callback(lambda _: self._connections.discard(connection))
 
     async def _wait_for_slot(self) -> None:
         """Wait in line: a request that ends hands its slot to the first one waiting."""
@@ -126,17 +173,9 @@ class ServerClient:
 
     def _forget(self, connection: Connection) -> None:
         """Never lend `connection` again (it is closed or closing)."""
-        with contextlib.suppress(ValueError):
-            self._idle.remove(connection)
-
-    async def _connect(self, deadline: float) -> Connection:
-        async with asyncio.timeout_at(deadline):
-            _, connection = await self.loop.create_connection(
-                lambda: Connection(self.loop, self._forget), self.host, self.port
-            )
-        self._connections.add(connection)
-        connection.lost.add_done_callback(lambda _: self._connections.discard(connection))
-        return connection
+        if connection.pooled:
+            connection.pooled = False
+            self._ready.remove(connection)
 
     def _sweep(self) -> None:
         now = self.loop.time()
@@ -150,4 +189,11 @@ class ServerClient:
         connections = list(self._connections)
         for connection in connections:
             connection.close()
-        await asyncio.gather(*(connection.lost for connection in connections))
+        await asyncio.gather(*(connection.lost for connection in connections if connection.transport))
+
+
+def _copy(error: BaseException) -> BaseException:
+    """An exception like `error`, for each request that failed with it (each raises its own)."""
+    copy = type(error)(*error.args)
+    copy.__cause__ = error.__cause__
+    return copy

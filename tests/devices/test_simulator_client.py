@@ -50,13 +50,13 @@ class RawServer:
 
 @asynccontextmanager
 async def serving(
-    script: Callable[[RawServer], Script], *, limit: int = 4, timeout: float = 5.0
+    script: Callable[[RawServer], Script], *, limit: int = 4, timeout: float = 5.0, depth: int = 16
 ) -> AsyncIterator[tuple[RawServer, ServerClient]]:
     """A RawServer and a ServerClient for it, closed after."""
     server = RawServer(script)
     listener = await asyncio.start_server(server.serve, "127.0.0.1", 0)
     port = listener.sockets[0].getsockname()[1]
-    client = ServerClient(f"http://127.0.0.1:{port}/base", limit=limit, timeout=timeout)
+    client = ServerClient(f"http://127.0.0.1:{port}/base", limit=limit, timeout=timeout, depth=depth)
     try:
         yield server, client
     finally:
@@ -143,13 +143,91 @@ def slow_no_content(delay: float):
     return script
 
 
-def test_requests_share_kept_alive_connections_within_the_limit():
+def echoing_paths(delay: float = 0.0):
+    """A server script answering each request with its path as the body, `delay` seconds after it,
+    in order; it keeps what each of its reads got (`server.reads`: connection number, bytes)."""
+
+    def script(server: RawServer) -> Script:
+        server.reads = []
+
+        async def play(reader, writer, number):
+            while True:
+                data = await reader.read(65536)
+                if not data:
+                    return
+                server.reads.append((number, data))
+                for request in data.split(b"\r\n\r\n")[:-1]:
+                    server.requests.append(request)
+                    await asyncio.sleep(delay)
+                    path = request.split(b" ")[1]
+                    writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(path), path))
+
+        return play
+
+    return script
+
+
+def test_requests_that_leave_together_go_on_one_connection_in_one_write_and_get_their_own_answers():
     async def scenario():
-        async with serving(slow_no_content(0.05), limit=2) as (server, client):
-            statuses = await asyncio.gather(*(client.request("GET", f"/{i}") for i in range(6)))
-            assert statuses and all(r.status == 204 for r in statuses)
-            assert server.connections == 2  # six requests, two at a time, on two connections
+        async with serving(echoing_paths(0.01), limit=2, depth=4) as (server, client):
+            paths = [f"/{i}" for i in range(6)]
+            answers = await asyncio.gather(*(client.request("GET", path) for path in paths))
+            assert [answer.body.decode() for answer in answers] == [f"/base{path}" for path in paths]
+            # Four on the first connection (its room), in one write; the other two on a second one.
+            assert [(number, data.count(b"GET ")) for number, data in server.reads] == [(0, 4), (1, 2)]
             await client.request("GET", "/again")
+            assert server.connections == 2
+
+    run(scenario)
+
+
+def test_no_more_requests_are_in_flight_than_the_connections_have_room_for():
+    async def scenario():
+        unanswered: list[int] = []  # requests read and not answered, at each read
+
+        def script(server: RawServer) -> Script:
+            async def play(reader, writer, number):
+                read = answered = 0
+                pending = b""
+                while data := await reader.read(65536):
+                    pending += data
+                    *requests, pending = pending.split(b"\r\n\r\n")
+                    read += len(requests)
+                    unanswered.append(read - answered)
+                    await asyncio.sleep(0.02)  # more may come meanwhile, if the client sends them
+                    writer.write(NO_CONTENT * len(requests))
+                    answered += len(requests)
+
+            return play
+
+        async with serving(script, limit=1, depth=2) as (server, client):
+            statuses = await asyncio.gather(*(client.request("GET", f"/{i}") for i in range(7)))
+            assert [r.status for r in statuses] == [204] * 7
+            assert server.connections == 1 and max(unanswered) == 2
+
+    run(scenario)
+
+
+def test_requests_behind_an_answer_the_server_hung_up_after_are_retried_once_on_a_new_connection():
+    async def scenario():
+        def script(server: RawServer) -> Script:
+            async def play(reader, writer, number):
+                data = await reader.read(65536)
+                server.requests.extend(data.split(b"\r\n\r\n")[:-1])
+                if number == 0:  # the first answered, the others dropped with the connection
+                    writer.write(b"HTTP/1.1 204 No Content\r\nConnection: close\r\n\r\n")
+                    return
+                writer.write(NO_CONTENT * data.count(b"GET "))
+                await reader.read()
+
+            return play
+
+        async with serving(script) as (server, client):
+            answers = await asyncio.gather(*(client.request("GET", f"/{i}") for i in range(3)))
+            assert [answer.status for answer in answers] == [204, 204, 204]
+            assert [r.split(b" ")[1] for r in server.requests] == [
+                b"/base/0", b"/base/1", b"/base/2", b"/base/1", b"/base/2"
+            ]  # fmt: skip
             assert server.connections == 2
 
     run(scenario)
@@ -157,7 +235,7 @@ def test_requests_share_kept_alive_connections_within_the_limit():
 
 def test_a_request_cancelled_while_waiting_for_a_slot_leaves_the_slots_to_the_others():
     async def scenario():
-        async with serving(slow_no_content(0.1), limit=1) as (server, client):
+        async with serving(slow_no_content(0.1), limit=1, depth=1) as (server, client):
             first = asyncio.ensure_future(client.request("GET", "/first"))
             waiting = asyncio.ensure_future(client.request("GET", "/waiting"))
             last = asyncio.ensure_future(client.request("GET", "/last"))
@@ -210,7 +288,7 @@ def test_a_kept_alive_connection_the_server_closed_while_idle_is_not_lent_again(
         async with serving(answering(NO_CONTENT, then_close=True)) as (server, client):
             assert (await client.request("GET", "/one")).status == 204
             await asyncio.sleep(0.05)  # the server closed it meanwhile
-            assert client._idle == []
+            assert client._ready == []
             assert (await client.request("GET", "/two")).status == 204
             assert server.connections == 2
 

@@ -281,6 +281,13 @@ def response(status: int, headers, body: bytes, keep_alive: bool) -> bytes:
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
 
 
+def _authorization(request: Request) -> bytes | None:
+    for name, value in request.headers:
+        if len(name) == 13 and name.lower() == b"authorization":
+            return value
+    return None
+
+
 def _error(status: int) -> bytes:
     body = f"{status} {HTTPStatus(status).phrase}\n".encode()
     return response(status, [("Content-Type", "text/plain")], body, keep_alive=False)
@@ -367,34 +374,67 @@ class AgentConnection(asyncio.Protocol):
     # answering
 
     async def _answer_in_order(self) -> None:
-        """Answer the requests of the connection one after the other. The answers to requests a
-        client sent without waiting (pipelined) go out together, in one write, once none is left
-        waiting (at most MAX_QUEUED at a time): one system call instead of one per answer."""
+        """Answer the requests of the connection in order. Those a client sent without waiting
+        (pipelined) are answered together (`_answer_together`: their reports go to Redis in one
+        script call), and their answers go out in one write once none is left waiting (at most
+        MAX_QUEUED at a time): one system call instead of one per answer."""
         unsent: list[bytes] = []
         while True:
-            request = await self.queue.get()
+            requests = [await self.queue.get()]
+            while requests[-1].keep_alive and not self.queue.empty():
+                requests.append(self.queue.get_nowait())  # none after the last the client sends
             self.busy = True
             try:
-                data = await self.server.answer(request, self.peer)
-            except Exception:
-                log.exception("answering %s %s failed", request.method, request.url[:200])
-                data, request.keep_alive = _error(500), False
+                if len(requests) == 1:
+                    answers = [await self._answer(requests[0])]
+                else:
+                    answers = await self._answer_together(requests)
             finally:
                 self.busy = False
             if self.transport.is_closing():
                 return
-            unsent.append(data)
             self.last_active = self.loop.time()
-            if not request.keep_alive:
-                self.transport.write(b"".join(unsent))
-                self.closing = True
-                self.transport.close()
-                return
+            for request, data in zip(requests, answers, strict=True):
+                unsent.append(data)
+                if not request.keep_alive:  # the last answer on this connection
+                    self.transport.write(b"".join(unsent))
+                    self.closing = True
+                    self.transport.close()
+                    return
             if self.queue.empty() or len(unsent) >= MAX_QUEUED:
                 self.transport.write(unsent[0] if len(unsent) == 1 else b"".join(unsent))
                 unsent.clear()
             if self.queue.qsize() < MAX_QUEUED // 2:
                 self.transport.resume_reading()
+
+    async def _answer(self, request: Request) -> bytes:
+        try:
+            return await self.server.answer(request, self.peer)
+        except Exception:
+            log.exception("answering %s %s failed", request.method, request.url[:200])
+            request.keep_alive = False
+            return _error(500)
+
+    async def _answer_together(self, requests: list[Request]) -> list[bytes]:
+        """The answers to requests read together: answered at once while each is of another device
+        (its Authorization), so that its report joins the others in Redis; one that is not waits
+        for those before it (a device's requests take effect in the order it sent them)."""
+        answers: list[bytes] = []
+        together: list[Request] = []
+        devices: set[bytes] = set()
+        for request in requests:
+            device = _authorization(request)
+            if device is None or device in devices:
+                answers += await asyncio.gather(*map(self._answer, together))
+                together.clear()
+                devices.clear()
+                if device is None:
+                    answers.append(await self._answer(request))
+                    continue
+            devices.add(device)
+            together.append(request)
+        answers += await asyncio.gather(*map(self._answer, together))
+        return answers
 
     def _fail(self, status: int) -> None:
         if self.closing:

@@ -130,6 +130,21 @@ def test_the_answers_to_pipelined_reports_come_together(agent_server, fleet):
     assert re.findall(rb"HTTP/1\.1 (\d{3})", first) == [b"204"] * 8
 
 
+def test_pipelined_reports_of_several_devices_go_to_redis_together(agent_server, fleet):
+    keys = [register(agent_server, fleet)[1] for _ in range(8)]
+    for key in keys:  # the first report of each goes through Django and caches its key
+        assert request(agent_server, "PATCH", "/api/v1/device/state", REPORT, key)[0] == 204
+    redis = ingest.redis_client()
+    calls_before = redis.info("commandstats").get("cmdstat_evalsha", {}).get("calls", 0)
+    with socket.create_connection(("127.0.0.1", agent_server), timeout=10) as sock:
+        sock.sendall(b"".join(raw_report(key) for key in keys))
+        first = sock.recv(65536)
+    assert re.findall(rb"HTTP/1\.1 (\d{3})", first) == [b"204"] * 8
+    calls = redis.info("commandstats")["cmdstat_evalsha"]["calls"] - calls_before
+    assert calls == 1  # one script call for the eight, not eight round trips one after the other
+    assert redis.zcard(ingest.DIRTY) >= 8
+
+
 def test_malformed_http_is_refused(agent_server):
     with socket.create_connection(("127.0.0.1", agent_server), timeout=10) as sock:
         sock.sendall(b"NOT HTTP AT ALL\r\n\r\n")

@@ -41,7 +41,7 @@ def header_lines(headers: Mapping[str, str]) -> bytes:
 
 
 class ServerClient:
-    """Requests to one server over at most `limit` connections, up to `depth` in flight on each.
+    """At most `limit` requests in flight to one server, up to `depth` of them on one connection.
 
     A request goes on the connection that took one last, while that one has room: requests that
     leave together share a connection and its write. Time limits are checked by one timer for the
@@ -61,8 +61,9 @@ class ServerClient:
         self.timeout = timeout
         self.depth = depth
         self.loop = asyncio.get_running_loop()
-        # Slots for requests, so at most `limit` connections: free ones, and requests waiting in line.
-        self._free_slots = limit * depth
+        # Slots for requests in flight (the server's backlog, when it falls behind, is bounded by
+        # them): free ones, and requests waiting in line.
+        self._free_slots = limit
         self._waiting: deque[asyncio.Future[None]] = deque()
         # Connections with room for another request (`pooled`), the one that took a request last at
         # the end; a full one leaves the list until one of its answers comes.
@@ -111,7 +112,7 @@ class ServerClient:
                     raise
                 if not keep_alive:
                     connection.close()
-                elif not connection.closed and not connection.pooled:
+                elif not connection.closed and not connection.pooled and connection.in_flight < self.depth:
                     connection.pooled = True
                     self._ready.append(connection)
                 return response

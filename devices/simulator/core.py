@@ -154,7 +154,7 @@ class Simulator:
         except BaseException:
             await runner.cleanup()
             raise
-        # One client for every device: the connection limit bounds what 1,000 devices open at once.
+        # One client for every device: its limit bounds what 1,000 devices have in flight at once.
         self.session = ServerClient(
             self.server_url, limit=self.connection_limit, timeout=self.request_timeout
         )

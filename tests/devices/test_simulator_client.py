@@ -169,7 +169,7 @@ def echoing_paths(delay: float = 0.0):
 
 def test_requests_that_leave_together_go_on_one_connection_in_one_write_and_get_their_own_answers():
     async def scenario():
-        async with serving(echoing_paths(0.01), limit=2, depth=4) as (server, client):
+        async with serving(echoing_paths(0.01), limit=8, depth=4) as (server, client):
             paths = [f"/{i}" for i in range(6)]
             answers = await asyncio.gather(*(client.request("GET", path) for path in paths))
             assert [answer.body.decode() for answer in answers] == [f"/base{path}" for path in paths]
@@ -200,7 +200,7 @@ def test_no_more_requests_are_in_flight_than_the_connections_have_room_for():
 
             return play
 
-        async with serving(script, limit=1, depth=2) as (server, client):
+        async with serving(script, limit=2, depth=2) as (server, client):
             statuses = await asyncio.gather(*(client.request("GET", f"/{i}") for i in range(7)))
             assert [r.status for r in statuses] == [204] * 7
             assert server.connections == 1 and max(unanswered) == 2

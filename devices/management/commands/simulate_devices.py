@@ -81,8 +81,9 @@ class Command(BaseCommand):
             type=int,
             default=100,
             metavar="N",
-            help="keep-alive connections to the server shared by this process's devices (each real "
-            "device has its own; too few for thousands of devices and their requests wait in line)",
+            help="requests in flight to the server at most, on keep-alive connections shared by this "
+            "process's devices, up to 16 pipelined on each (each real device has its own; too few "
+            "for thousands of devices and their requests wait in line)",
         )
         parser.add_argument("--os-update-seconds", type=float, default=10.0, metavar="S")
         parser.add_argument(

@@ -262,11 +262,24 @@ def _enqueue_expand(action_id: int) -> None:
 # --- Delivery state changes ----------------------------------------------------------------------
 
 
+# Counter changes a transaction makes at its end (_transition's `counts`), per action id.
+CountChanges = defaultdict[int, Counter]
+
+
 def _transition(
-    action_id: int, deliveries: QuerySet, from_states, to_state: str, *, reason=None, now=None, changes=None
+    action_id: int,
+    deliveries: QuerySet,
+    from_states,
+    to_state: str,
+    *,
+    reason=None,
+    now=None,
+    changes=None,
+    counts: CountChanges | None = None,
 ) -> int:
     """Move deliveries from any of `from_states` to `to_state` (setting `changes` too), keeping the
-    action's counters exact.
+    action's counters exact: at once, or, given `counts`, by adding to them what _count_changes
+    applies at the end of the transaction.
 
     `from_states` go in the order deliveries flow between them (sending before sent): a row that
     another transaction moves from one to a later one meanwhile is still caught. In READ COMMITTED
@@ -285,11 +298,23 @@ def _transition(
         if count:
             moved[state] = count
     if moved:
-        total = sum(moved.values())
-        counters = {f"{state}_count": F(f"{state}_count") - count for state, count in moved.items()}
-        counters[f"{to_state}_count"] = F(f"{to_state}_count") + total
-        DeviceAction.objects.filter(pk=action_id).update(**counters)
+        changed = Counter({f"{state}_count": -count for state, count in moved.items()})
+        changed[f"{to_state}_count"] += sum(moved.values())
+        if counts is None:
+            _count_changes({action_id: changed})
+        else:
+            counts[action_id].update(changed)
     return sum(moved.values())
+
+
+def _count_changes(counts: dict[int, Counter]) -> None:
+    """Add counter changes to their actions: one UPDATE per action, in id order. Made last in a
+    transaction, they lock the action's row (that every batch of it updates) from there to the
+    commit only, not from the first of several transitions on."""
+    for action_id in sorted(counts):
+        changed = {name: F(name) + n for name, n in counts[action_id].items() if n}
+        if changed:
+            DeviceAction.objects.filter(pk=action_id).update(**changed)
 
 
 def _finish_if_settled(action_id: int) -> None:
@@ -649,6 +674,7 @@ def _record_push_results(action_id: int, rows: QuerySet, results: list[PushResul
     for result in results:
         groups[(result.state, result.reason)].append(result.device_id)
     now = timezone.now()
+    counts: CountChanges = defaultdict(Counter)
     with transaction.atomic():
         for (state, reason), ids in groups.items():
             _transition(
@@ -658,7 +684,9 @@ def _record_push_results(action_id: int, rows: QuerySet, results: list[PushResul
                 state,
                 reason=reason,
                 now=now,
+                counts=counts,
             )
+        _count_changes(counts)
         _finish_if_settled(action_id)
 
 
@@ -968,8 +996,9 @@ def action_record_update_blocked(device_id: int, detail: str) -> None:
 def record_results(groups: dict[tuple[int, str, str], list[int]]) -> int:
     """Agents' results, grouped by (action, outcome, reason): one transition per group. The first
     final result of a delivery wins; a repeat, or a key of an action that does not exist, changes
-    nothing."""
+    nothing. The counters change after every delivery has moved (_count_changes)."""
     moved = 0
+    counts: CountChanges = defaultdict(Counter)
     for (action_id, state, reason), device_ids in groups.items():
         rows = ActionDelivery.objects.filter(action_id=action_id, device_id__in=device_ids)
         moved += _transition(
@@ -978,7 +1007,10 @@ def record_results(groups: dict[tuple[int, str, str], list[int]]) -> int:
             [DeliveryState.SENDING, DeliveryState.SENT],  # in this order: see _transition
             RESULT_STATES[state],
             reason=reason[:300],
+            counts=counts,
         )
+    _count_changes(counts)
+    for action_id in sorted({action_id for action_id, _, _ in groups}):
         _finish_if_settled(action_id)
     return moved
 

@@ -3,6 +3,7 @@ the push. Real connections, one per thread, on the test database (PostgreSQL in 
 
 import threading
 import time
+from collections import Counter, defaultdict
 
 import pytest
 from django.db import connection, connections, transaction
@@ -62,4 +63,49 @@ def test_a_result_that_arrives_while_its_push_is_being_recorded_is_not_lost():
     assert (delivery.state, delivery.reason) == (DeliveryState.SUCCEEDED, "1 service recreated")
     action = DeviceAction.objects.get(pk=action.pk)
     assert (action.sent_count, action.sending_count, action.succeeded_count) == (0, 0, 1)
+    assert action.state == ActionState.DONE
+
+
+def test_results_of_several_outcomes_and_a_push_record_at_once_do_not_deadlock():
+    """The flusher records two outcomes of one action while a worker records the push of one of
+    those devices. Each moves its deliveries first and changes the action's counters last, so the
+    flusher waits for the worker's row and the worker never waits for the flusher: no deadlock
+    (PostgreSQL would abort one of them after a second), and the counters add up."""
+    p = Personas()
+    devices = [make_device(p.fleet), make_device(p.fleet)]
+    action = services.action_create(actor=p.operator, fleet=p.fleet, kind="restart", scope=ActionScope.FLEET)
+    services.action_expand(action.pk)
+    rows = ActionDelivery.objects.filter(action=action)
+    engine._transition(action.pk, rows, [DeliveryState.PENDING], DeliveryState.SENDING)
+    engine._transition(action.pk, rows.filter(device=devices[0]), [DeliveryState.SENDING], DeliveryState.SENT)
+    errors: list[BaseException] = []
+
+    def flusher():
+        try:
+            engine.record_results(
+                {
+                    (action.pk, "succeeded", "1 service recreated"): [devices[0].pk],
+                    (action.pk, "succeeded", "1 service recreated; main killed after 10 s"): [devices[1].pk],
+                }
+            )
+        except BaseException as error:
+            errors.append(error)
+        finally:
+            connections.close_all()
+
+    with transaction.atomic():  # the worker's _record_push_results for the second device, held open
+        counts = defaultdict(Counter)
+        mine = rows.filter(device=devices[1])
+        engine._transition(action.pk, mine, [DeliveryState.SENDING], DeliveryState.SENT, counts=counts)
+        thread = threading.Thread(target=flusher)
+        thread.start()
+        wait_until_blocked(thread)  # on the second device's row
+        engine._count_changes(counts)
+        engine._finish_if_settled(action.pk)
+    thread.join(timeout=30)
+
+    assert not errors and not thread.is_alive()
+    assert set(rows.values_list("state", flat=True)) == {DeliveryState.SUCCEEDED}
+    action = DeviceAction.objects.get(pk=action.pk)
+    assert (action.sent_count, action.sending_count, action.succeeded_count) == (0, 0, 2)
     assert action.state == ActionState.DONE

@@ -317,6 +317,25 @@ def _count_changes(counts: dict[int, Counter]) -> None:
             DeviceAction.objects.filter(pk=action_id).update(**changed)
 
 
+# The advisory locks of actions (PostgreSQL): this first key, the action's id the second.
+ACTION_LOCKS = 0x5AC7
+
+
+def _hold_action(action_id: int, *, exclusive: bool = False) -> None:
+    """Take the action's advisory lock for the rest of the transaction (PostgreSQL; elsewhere the
+    database serializes writers as a whole). Shared: an expansion chunk or a batch's claim, which
+    go on side by side, each sure the action stays open until it commits. Exclusive: what closes
+    the action or takes claimed rows back (a cancel, the release of stale claims), after those in
+    flight and before any that come later: the lock's queue is fair, so a stream of batches does
+    not keep a cancel waiting. A shared holder then changes the action's row only last
+    (_count_changes), never waiting with it locked for rows another transaction holds."""
+    if connection.vendor != "postgresql":
+        return
+    function = "pg_advisory_xact_lock" if exclusive else "pg_advisory_xact_lock_shared"
+    with connection.cursor() as cursor:
+        cursor.execute(f"SELECT {function}(%s, %s)", [ACTION_LOCKS, action_id % 2**31])
+
+
 def _finish_if_settled(action_id: int) -> None:
     """Once nothing of the action is on its way: the next stage of a staged rollout, or done."""
     settled = DeviceAction.objects.filter(
@@ -437,11 +456,8 @@ def action_expand(action_id: int) -> None:
         backlog = []  # a resumed staged expansion holds and enqueues its first stage at the end
     while True:
         with transaction.atomic():
-            if (
-                not DeviceAction.objects.filter(pk=action_id, state=ActionState.EXPANDING)
-                .select_for_update()
-                .exists()
-            ):
+            _hold_action(action_id)
+            if not DeviceAction.objects.filter(pk=action_id, state=ActionState.EXPANDING).exists():
                 return  # cancelled while expanding
             if spec.lock_devices:  # before the INSERT ... SELECT reads them (see ActionSpec.lock_devices)
                 list(
@@ -626,9 +642,9 @@ def _deliver(action_id: int, rows: QuerySet, claim: str) -> None:
     message after its worker died: the agent dedups by key) are taken again. Rows another batch
     holds, and every row of an action that is no longer open, are never pushed from here."""
     with transaction.atomic():
+        _hold_action(action_id)
         action = (
-            DeviceAction.objects.select_for_update()
-            .filter(pk=action_id)
+            DeviceAction.objects.filter(pk=action_id)
             .values("kind", "params", "state", "target_count")
             .first()
         )
@@ -646,6 +662,7 @@ def _deliver(action_id: int, rows: QuerySet, claim: str) -> None:
             )
             return
         now = timezone.now()
+        counts: CountChanges = defaultdict(Counter)
         mine.update(attempts=F("attempts") + 1, sent_at=now)
         _transition(
             action_id,
@@ -653,8 +670,10 @@ def _deliver(action_id: int, rows: QuerySet, claim: str) -> None:
             [DeliveryState.PENDING],
             DeliveryState.SENDING,
             changes={"claim": claim, "attempts": F("attempts") + 1, "sent_at": now},
+            counts=counts,
         )
         device_ids = list(mine.values_list("device_id", flat=True))
+        _count_changes(counts)
     if not device_ids:
         return
     targets = list(
@@ -1017,11 +1036,15 @@ def record_results(groups: dict[tuple[int, str, str], list[int]]) -> int:
 
 @transaction.atomic
 def action_cancel(*, action: DeviceAction) -> int:
-    """Cancel what has not been sent yet; what is already on its way still reports its outcome."""
+    """Cancel what has not been sent yet; what is already on its way still reports its outcome.
+    The deliveries move first and the action's row last (_count_changes): a result being recorded
+    meanwhile holds its delivery's row and then waits for the action's, never the other way."""
+    _hold_action(action.pk, exclusive=True)  # after the batches and chunks in flight
+    action.refresh_from_db(fields=["state"])
     if not action.is_open:
         raise ActionError("This action has already finished.")
     now = timezone.now()
-    DeviceAction.objects.filter(pk=action.pk).update(state=ActionState.CANCELLED, finished_at=now)
+    counts: CountChanges = defaultdict(Counter)
     rows = ActionDelivery.objects.filter(action_id=action.pk)
     # A tracked setting (an OS update not yet done) is withdrawn from the target state too.
     if ACTIONS[action.kind].tracked:
@@ -1037,15 +1060,20 @@ def action_cancel(*, action: DeviceAction) -> int:
             DeliveryState.CANCELLED,
             reason="Cancelled before the device applied it",
             now=now,
+            counts=counts,
         )
-    return _transition(
+    cancelled = _transition(
         action.pk,
         rows,
         [DeliveryState.HELD, DeliveryState.WAITING, DeliveryState.PENDING],  # see _transition
         DeliveryState.CANCELLED,
         reason="Cancelled before it was sent",
         now=now,
+        counts=counts,
     )
+    _count_changes(counts)
+    DeviceAction.objects.filter(pk=action.pk).update(state=ActionState.CANCELLED, finished_at=now)
+    return cancelled
 
 
 def actions_sweep(now=None) -> dict:
@@ -1131,6 +1159,7 @@ def _release_stale_claims(now) -> int:
     for action_id in DeviceAction.objects.filter(sending_count__gt=0).values_list("pk", flat=True):
         stale = ActionDelivery.objects.filter(action_id=action_id, sent_at__lt=deadline)
         with transaction.atomic():
+            _hold_action(action_id, exclusive=True)  # a redelivered batch may be taking them again
             state = (
                 DeviceAction.objects.select_for_update()
                 .filter(pk=action_id)

@@ -109,3 +109,77 @@ def test_results_of_several_outcomes_and_a_push_record_at_once_do_not_deadlock()
     action = DeviceAction.objects.get(pk=action.pk)
     assert (action.sent_count, action.sending_count, action.succeeded_count) == (0, 0, 2)
     assert action.state == ActionState.DONE
+
+
+def claim_in_flight(action, device):
+    """A batch's claim of `device`, its transaction left open before it changes the counters (a
+    claim's last step): the action's lock shared, the delivery's row taken. Returns the counter
+    changes to apply before the commit."""
+    engine._hold_action(action.pk)
+    counts = defaultdict(Counter)
+    rows = ActionDelivery.objects.filter(action=action, device=device)
+    engine._transition(action.pk, rows, [DeliveryState.PENDING], DeliveryState.SENDING, counts=counts)
+    return counts
+
+
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="SQLite has one writer at a time")
+def test_batches_of_one_action_claim_their_devices_side_by_side():
+    p = Personas()
+    devices = [make_device(p.fleet), make_device(p.fleet)]
+    action = services.action_create(actor=p.operator, fleet=p.fleet, kind="restart", scope=ActionScope.FLEET)
+    services.action_expand(action.pk)
+    done = threading.Event()
+
+    def other_batch():
+        try:
+            engine.action_deliver_range(action.pk, devices[1].pk, devices[1].pk)
+            done.set()
+        finally:
+            connections.close_all()
+
+    with transaction.atomic():
+        counts = claim_in_flight(action, devices[0])
+        thread = threading.Thread(target=other_batch)
+        thread.start()
+        thread.join(timeout=20)
+        assert done.is_set(), "the second batch waited for the first one's claim"
+        engine._count_changes(counts)
+
+    outcomes = dict(ActionDelivery.objects.filter(action=action).values_list("device_id", "state"))
+    assert outcomes == {devices[0].pk: DeliveryState.SENDING, devices[1].pk: DeliveryState.FAILED}
+    action = DeviceAction.objects.get(pk=action.pk)
+    assert (action.pending_count, action.sending_count, action.failed_count) == (0, 1, 1)
+
+
+def test_a_cancel_waits_for_a_claim_in_flight_then_cancels_the_rest():
+    """The claimed device is on its way (its outcome will come); the other one is cancelled, and the
+    counters say so."""
+    p = Personas()
+    devices = [make_device(p.fleet), make_device(p.fleet)]
+    action = services.action_create(actor=p.operator, fleet=p.fleet, kind="restart", scope=ActionScope.FLEET)
+    services.action_expand(action.pk)
+    errors: list[BaseException] = []
+
+    def cancel():
+        try:
+            services.action_cancel(action=DeviceAction.objects.get(pk=action.pk))
+        except BaseException as error:
+            errors.append(error)
+        finally:
+            connections.close_all()
+
+    with transaction.atomic():
+        counts = claim_in_flight(action, devices[0])
+        thread = threading.Thread(target=cancel)
+        thread.start()
+        wait_until_blocked(thread)
+        assert thread.is_alive()
+        engine._count_changes(counts)
+    thread.join(timeout=30)
+
+    assert not errors and not thread.is_alive()
+    outcomes = dict(ActionDelivery.objects.filter(action=action).values_list("device_id", "state"))
+    assert outcomes == {devices[0].pk: DeliveryState.SENDING, devices[1].pk: DeliveryState.CANCELLED}
+    action = DeviceAction.objects.get(pk=action.pk)
+    assert action.state == ActionState.CANCELLED
+    assert (action.pending_count, action.sending_count, action.cancelled_count) == (0, 1, 1)

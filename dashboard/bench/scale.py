@@ -38,10 +38,12 @@ from devices.models import ActionState, Device, DeviceAction
 from devices.selectors import online_q
 from devices.simulator.model import VirtualDevice
 
-# Per simulator process (25,000 devices; a real device has a connection of its own). With 100 the
-# slots were all busy and a restart's reports and results waited for one behind the heartbeats; with
-# 400 they wait in the saturated cores' run queues instead: the restart was no faster (2026-12-02).
-SIMULATOR_CONNECTIONS = 400
+# Requests in flight per simulator process (25,000 devices; up to 16 pipelined on a connection; a
+# real device has a connection of its own). During a restart the agent API server answers in 0.1-0.4
+# s on its share of the saturated cores, so 400 capped a simulator at about 1,000 requests a second,
+# below its 1,250 heartbeats and the restart's reports: they waited up to 10 s for a slot and the
+# restart took 128 s; with 1,600, 1-4 s and 112 s (2026-12-03, sampling /sim/stats).
+SIMULATOR_CONNECTIONS = 1600
 REPORT_INTERVAL_S = 20  # the issue's interval; --report-interval measures at another one
 
 
@@ -123,8 +125,10 @@ def start_server_side(plan: Plan) -> None:
     for index in range(plan.agent_processes):
         start(f"agents{index}", _manage("serve_agent_api", "--port", str(plan.agent_port), "--threads", "4"))
     start("flusher", _manage("flush_agent_reports", "--loop"))
+    # 4 processes as the deploy docs' `deliver` queue has (2 before: a restart's fan-out waited on
+    # the action row's lock with more; 67 s with 4, 70 s with 2, now that it does not, 2026-12-03).
     start("worker", [sys.executable, "-m", "celery", "-A", "dashboard", "worker", "-B",
-                     "-s", str(logs / "celerybeat-schedule"), "-P", "prefork", "-c", "2",
+                     "-s", str(logs / "celerybeat-schedule"), "-P", "prefork", "-c", "4",
                      "--without-gossip", "--without-mingle", "-l", "warning", "-n", "bench-scale@%h"])  # fmt: skip
     _wait(lambda: _listening(plan.web_port), 60, "the web server", plan)
     if plan.agent_processes:

@@ -10,7 +10,8 @@ from dashboard.bench.provision import PROBES, provision
 from dashboard.management.commands.bench_scale import table
 from devices import ingest
 from devices.keys import hash_secret, push_secret_for
-from devices.models import Device
+from devices.models import ActionDelivery, ActionScope, Device, DeviceAction
+from devices.services import action_create, action_expand
 
 # Transactional: provisioning ends with VACUUM ANALYZE, which cannot run inside a transaction.
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -40,11 +41,16 @@ def test_provisioned_devices_are_registered_as_the_agent_api_would_register_them
 def test_a_second_run_reuses_the_fleet(tmp_path):
     first = provision(10, processes=1, state_dir=tmp_path, server_url="http://x", first_port=1)
     ids = set(Device.objects.filter(fleet=first.fleet).values_list("pk", flat=True))
+    earlier = action_create(actor=first.operator, fleet=first.fleet, kind="restart", scope=ActionScope.FLEET)
+    action_expand(earlier.pk)
     again = provision(
         10, processes=1, state_dir=tmp_path, server_url="http://x", first_port=1, log=lambda _: None
     )
     assert set(Device.objects.filter(fleet=again.fleet).values_list("pk", flat=True)) == ids
     assert again.probes == first.probes
+    # Without the earlier run's action and its outcomes: each run starts as the first did.
+    assert not DeviceAction.objects.filter(fleet=again.fleet).exists()
+    assert not ActionDelivery.objects.filter(device_id__in=ids).exists()
 
 
 def test_the_table_names_each_figure_with_its_key():

@@ -636,8 +636,9 @@ CANCELLED_WHILE_SENDING = "Cancelled while it was being sent: the device may hav
 
 
 def _deliver(action_id: int, rows: QuerySet, claim: str) -> None:
-    """Claim, push, record. The claim is conditional UPDATEs under the action's row lock, so a
-    cancel either comes first (nothing is claimed) or after (what was claimed is on its way):
+    """Claim, push, record. The claim is conditional UPDATEs under the action's shared lock
+    (_hold_action; other batches claim meanwhile), so a cancel, which takes it exclusively, either
+    comes first (nothing is claimed) or after (what was claimed is on its way):
     pending rows become this batch's, and rows this batch had claimed before (a redelivered
     message after its worker died: the agent dedups by key) are taken again. Rows another batch
     holds, and every row of an action that is no longer open, are never pushed from here."""

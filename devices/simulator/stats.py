@@ -61,7 +61,7 @@ class Stats:
         self.totals: Counter[str] = Counter()
         self._per_second: dict[int, Counter[str]] = {}
         self._lateness: dict[int, Counter[int]] = {}  # by second: how many reports in each bin
-        self._latest: dict[int, float] = {}  # by second: the greatest lateness
+        self._greatest: dict[int, float] = {}  # by second: the greatest lateness
         self._rtt: deque[float] = deque(maxlen=20_000)
         self.started = time.monotonic()
 
@@ -82,12 +82,12 @@ class Stats:
         bins = self._lateness.get(second)
         if bins is None:
             bins = self._lateness[second] = Counter()
-            self._latest[second] = 0.0
+            self._greatest[second] = 0.0
             for old in [s for s in self._lateness if s < second - LATENESS_KEPT_S]:
-                del self._lateness[old], self._latest[old]
+                del self._lateness[old], self._greatest[old]
         bins[lateness_bin(seconds)] += 1
-        if seconds > self._latest[second]:
-            self._latest[second] = seconds
+        if seconds > self._greatest[second]:
+            self._greatest[second] = seconds
         if seconds > LATE_AFTER_S:
             self.totals["late_reports"] += 1
 
@@ -109,7 +109,7 @@ class Stats:
         for second in seconds:
             bins.update(self._lateness[second])
         samples = sum(bins.values())
-        greatest = max((self._latest[second] for second in seconds), default=0.0)
+        greatest = max((self._greatest[second] for second in seconds), default=0.0)
 
         def percentile_ms(fraction: float) -> float:
             rank, seen = fraction * (samples - 1), 0

@@ -15,6 +15,7 @@ from devices.keys import push_secret_for, sign_push
 from devices.models import ActionDelivery, DeliveryState, Device, DeviceAction
 from devices.services import engine, pushes
 from devices.simulator import SimulatorThread
+from devices.simulator.agent_api import CLOCK_SKEW_S
 from fleets.services import provisioning_key_create
 from tests.factories import Personas, make_fleet
 
@@ -279,8 +280,10 @@ class TestPushesAreAuthenticated:
     @pytest.mark.parametrize(
         "tamper",
         [
-            pytest.param({"skew": -301}, id="timestamp-5-minutes-old"),
-            pytest.param({"skew": 301}, id="timestamp-5-minutes-ahead"),
+            # Two seconds past the window: the signed timestamp is whole seconds, so one second
+            # of margin is lost to truncation and could land a push at exactly the limit.
+            pytest.param({"skew": -(CLOCK_SKEW_S + 2)}, id="timestamp-5-minutes-old"),
+            pytest.param({"skew": CLOCK_SKEW_S + 2}, id="timestamp-5-minutes-ahead"),
             pytest.param({"signed_body": b'{"key": "1-1", "params": {}}  '}, id="body-changed-after-signing"),
             pytest.param({"secret": push_secret_for("0" * 32)}, id="another-device-s-secret"),
             pytest.param({"secret": "guessed"}, id="wrong-secret"),

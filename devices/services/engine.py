@@ -646,7 +646,7 @@ def _deliver(action_id: int, rows: QuerySet, claim: str) -> None:
         _hold_action(action_id)
         action = (
             DeviceAction.objects.filter(pk=action_id)
-            .values("kind", "params", "state", "target_count")
+            .values("kind", "params", "state", "target_count", "pending_count", "started_at")
             .first()
         )
         if action is None:
@@ -682,7 +682,14 @@ def _deliver(action_id: int, rows: QuerySet, claim: str) -> None:
     )
     with contextlib.suppress(RedisError):  # without it the agents' results take the database read
         ingest.remember_sent(action_id, device_ids)
-    within = report_window_s(action["kind"], action["target_count"])
+    expanded = action["state"] == ActionState.DISPATCHING  # else not every delivery is there to count
+    within = report_window_s(
+        action["kind"],
+        action["target_count"],
+        batch=len(device_ids),
+        pending=max(0, action["pending_count"] - len(device_ids)) if expanded else None,
+        elapsed_s=(now - action["started_at"]).total_seconds() if action["started_at"] else 0.0,
+    )
     results = pushes.run(_push_all(action["kind"], action["params"], action_id, targets, within))
     missing = set(device_ids) - {t["pk"] for t in targets}
     results += [PushResult(pk, DeliveryState.FAILED, "Device was deleted") for pk in missing]
@@ -780,16 +787,31 @@ def _addressed(targets: list[dict]) -> tuple[list[tuple[dict, pushes.Target | No
 RESULTS_MAY_WAIT = ("restart", "purge")
 
 
-def report_window_s(kind: str, target_count: int) -> int:
+def report_window_s(
+    kind: str, target_count: int, *, batch: int = 0, pending: int | None = None, elapsed_s: float = 0.0
+) -> int:
     """How long each device of a `kind` action of `target_count` devices may hold its result for a
     report it sends anyway (PROTOCOL.md, report_within_s): 0 (at once) up to ACTION_RESULTS_PER_S
     devices, then a second more for each ACTION_RESULTS_PER_S, up to one report interval. A
     100,000-device restart's results then come with the fleet's heartbeats, spread over one
-    interval, instead of as 100,000 reports on top of them while the pushes still go out."""
+    interval, instead of as 100,000 reports on top of them while the pushes still go out.
+
+    For a `batch` of an action whose deliveries all exist (`pending`: those still to claim after
+    the batch's; `elapsed_s` since the action started), no longer than the rest of the fan-out
+    should take at the pace of the claims so far, but no shorter than the batch's own results take
+    at ACTION_RESULTS_PER_S: a result that waits past the last push only delays the action's end,
+    so a device of a batch sent 5 s before the end rides its heartbeat only if that is due within
+    5 s, and the last batches' devices report at once. Rows that were final without a push
+    (unsupported, offline) count as claimed: the pace is overestimated, which errs towards
+    results coming earlier."""
     rate = settings.ACTION_RESULTS_PER_S
     if kind not in RESULTS_MAY_WAIT or rate <= 0:
         return 0
-    return min(settings.AGENT_REPORT_INTERVAL_S, target_count // rate)
+    window = min(settings.AGENT_REPORT_INTERVAL_S, target_count // rate)
+    claimed = target_count - (pending or 0)
+    if pending is not None and elapsed_s > 0 and claimed > 0:
+        window = min(window, max(int(pending * elapsed_s / claimed), batch // rate))
+    return window
 
 
 async def _push_all(

@@ -7,6 +7,7 @@ through a relay here that counts connections and requests and can break one. No 
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import secrets
 import ssl
@@ -495,6 +496,24 @@ def test_a_large_action_lets_its_results_wait_for_the_devices_reports_up_to_one_
     assert [engine.report_window_s(kind, 100_000) for kind in ("reboot", "shutdown")] == [0, 0]
     settings.ACTION_RESULTS_PER_S = 0  # turned off
     assert engine.report_window_s("restart", 100_000) == 0
+
+
+def test_a_batch_near_the_end_of_the_fan_out_lets_its_results_wait_no_longer_than_the_rest(settings):
+    settings.ACTION_RESULTS_PER_S, settings.AGENT_REPORT_INTERVAL_S = 1000, 20
+    window = functools.partial(engine.report_window_s, "restart", 100_000)
+    # 40 s in, 60,000 claimed (1,500/s): the other 40,000 take about 27 s more, longer than a report
+    # interval, so the results may wait a whole interval.
+    assert window(pending=40_000, elapsed_s=40) == 20
+    # 10,000 left (about 7 s at that pace): the results may wait that long, not 20 s.
+    assert window(pending=10_000, elapsed_s=60) == 6
+    # The last batch: at once.
+    assert window(pending=0, elapsed_s=66) == 0
+    # Nothing to measure a pace on yet (nothing claimed, no time passed), or not every delivery
+    # exists yet (pending None): one interval.
+    assert window(pending=100_000, elapsed_s=5) == window(pending=500, elapsed_s=0) == window() == 20
+    assert engine.report_window_s("reboot", 100_000, pending=0, elapsed_s=60) == 0
+    # Nor do a batch's own results come faster than ACTION_RESULTS_PER_S: 3,000 devices, 3 s.
+    assert window(batch=3_000, pending=0, elapsed_s=66) == 3
 
 
 def test_the_address_check_follows_the_setting_for_addresses_seen_before(settings):

@@ -197,8 +197,10 @@ class Agent:
         *,
         auth: str | None,
         headers: dict[str, str] | None = None,
+        first: bool = False,
     ) -> tuple[int, Any, Response]:
-        """One call to the server API; `body` is JSON, as a dict or already encoded.
+        """One call to the server API; `body` is JSON, as a dict or already encoded. `first`: ahead
+        of the other devices' requests waiting for the simulator's connections (ServerClient).
 
         Status, the parsed JSON body (None when there is none) and the response, for its headers.
         """
@@ -211,7 +213,7 @@ class Agent:
             lines += JSON_CONTENT_TYPE
         if headers:
             lines += header_lines(headers)
-        resp = await sim.session.request(method, path, body=data, headers=lines)
+        resp = await sim.session.request(method, path, body=data, headers=lines, first=first)
         parsed: Any = None
         if resp.body and resp.content_type == "application/json":
             try:
@@ -289,7 +291,9 @@ class Agent:
                 body = b"{%s}" % results if body == b"{}" else b"%s,%s}" % (body[:-1], results)
             started, sent_at = time.monotonic(), asyncio.get_running_loop().time()
             try:
-                status, data, _ = await self._request("PATCH", "/api/v1/device/state", body, auth=key)
+                status, data, _ = await self._request(
+                    "PATCH", "/api/v1/device/state", body, auth=key, first=bool(carried)
+                )
             except NETWORK_ERRORS:
                 # The server may have stored it all the same: what changed since the last accepted
                 # report, then changed back, would be left out of a report against that one.
@@ -486,7 +490,7 @@ class Agent:
                 await asyncio.sleep(min(8.0, 0.5 * 2 ** (attempt - 1)))
             try:
                 status, data, _ = await self._request(
-                    "POST", "/api/v1/device/actions/result", body, auth=dev.api_key
+                    "POST", "/api/v1/device/actions/result", body, auth=dev.api_key, first=True
                 )
             except NETWORK_ERRORS:
                 continue

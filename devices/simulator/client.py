@@ -65,6 +65,7 @@ class ServerClient:
         # them): free ones, and requests waiting in line.
         self._free_slots = limit
         self._waiting: deque[asyncio.Future[None]] = deque()
+        self._first: deque[asyncio.Future[None]] = deque()  # waiting too, served before `_waiting`
         # Connections with room for another request (`pooled`), the one that took a request last at
         # the end; a full one leaves the list until one of its answers comes.
         self._ready: list[Connection] = []
@@ -74,11 +75,20 @@ class ServerClient:
         self._sweeper = self.loop.call_later(timeout / SWEEPS_PER_TIMEOUT, self._sweep)
 
     async def request(
-        self, method: str, path: str, *, body: bytes | None = None, headers: bytes = b""
+        self,
+        method: str,
+        path: str,
+        *,
+        body: bytes | None = None,
+        headers: bytes = b"",
+        first: bool = False,
     ) -> Response:
         """One request: `headers` are encoded header lines (`header_lines`); the client adds Host and
         Content-Length. Waiting for a free slot is not limited; the exchange itself, connecting
-        included, is limited to `timeout` seconds (TimeoutError)."""
+        included, is limited to `timeout` seconds (TimeoutError). A request `first` in line (one
+        carrying an action's result) takes the next free slot before every other one waiting: the
+        devices of a real fleet each have their own connection, and one device's result never
+        waits behind thousands of other devices' heartbeats as it would in this shared line."""
         start = self._starts.get((method, path))
         if start is None:
             start = f"{method} {self.prefix}{path} HTTP/1.1\r\nHost: {self.host_header}\r\n".encode("latin-1")
@@ -91,7 +101,7 @@ class ServerClient:
         if self._free_slots:
             self._free_slots -= 1
         else:
-            await self._wait_for_slot()
+            await self._wait_for_slot(self._first if first else self._waiting)
         try:
             deadline = self.loop.time() + self.timeout
             for attempt in (1, 2):
@@ -153,10 +163,10 @@ class ServerClient:
             raise
         connection.lost.add_done_callback(lambda _: self._connections.discard(connection))
 
-    async def _wait_for_slot(self) -> None:
-        """Wait in line: a request that ends hands its slot to the first one waiting."""
+    async def _wait_for_slot(self, line: deque[asyncio.Future[None]]) -> None:
+        """Wait in `line`: a request that ends hands its slot to the first one waiting."""
         waiter = self.loop.create_future()
-        self._waiting.append(waiter)
+        line.append(waiter)
         try:
             await waiter
         except asyncio.CancelledError:
@@ -165,11 +175,12 @@ class ServerClient:
             raise
 
     def _release_slot(self) -> None:
-        while self._waiting:
-            waiter = self._waiting.popleft()
-            if not waiter.done():  # not cancelled meanwhile
-                waiter.set_result(None)
-                return
+        for line in (self._first, self._waiting):
+            while line:
+                waiter = line.popleft()
+                if not waiter.done():  # not cancelled meanwhile
+                    waiter.set_result(None)
+                    return
         self._free_slots += 1
 
     def _forget(self, connection: Connection) -> None:

@@ -248,6 +248,25 @@ def test_a_request_cancelled_while_waiting_for_a_slot_leaves_the_slots_to_the_ot
     run(scenario)
 
 
+def test_a_request_carrying_a_result_takes_the_next_free_slot_before_the_heartbeats_waiting():
+    async def scenario():
+        async with serving(slow_no_content(0.05), limit=1, depth=1) as (server, client):
+            busy = asyncio.ensure_future(client.request("PATCH", "/busy", body=b"{}"))
+            await asyncio.sleep(0)
+            heartbeats = [
+                asyncio.ensure_future(client.request("PATCH", f"/hb{i}", body=b"{}")) for i in range(3)
+            ]
+            await asyncio.sleep(0)
+            result = asyncio.ensure_future(client.request("PATCH", "/result", body=b"{}", first=True))
+            answers = await asyncio.gather(busy, *heartbeats, result)
+            assert [answer.status for answer in answers] == [204] * 5
+            assert [r.split(b" ")[1] for r in server.requests] == [
+                b"/base/busy", b"/base/result", b"/base/hb0", b"/base/hb1", b"/base/hb2"
+            ]  # fmt: skip
+
+    run(scenario)
+
+
 # -- timeouts and closed connections -------------------------------------------------------------
 
 

@@ -338,11 +338,15 @@ class FlushStats:
 
 
 def flush(limit: int = FLUSH_BATCH) -> FlushStats:
-    """Write what is buffered now (up to `limit` devices and results) to the database: urgent
-    devices first, then the devices that have waited longest."""
+    """Write what is buffered now (up to `limit` results and devices) to the database: the
+    results first (what the person who started an action waits for; a report is a snapshot that
+    the device's next one repeats, and while the cores are busy with a fleet-wide restart there are
+    tens of thousands of them waiting behind each flush), then urgent devices, then the devices that
+    have waited longest."""
     started = time.monotonic()
     r = redis_client()
     stats = FlushStats()
+    stats.results = _flush_results(r, limit)
     urgent = [int(i) for i in r.spop(URGENT, limit) or []]
     pipe = r.pipeline(transaction=False)
     if urgent:
@@ -365,7 +369,6 @@ def flush(limit: int = FLUSH_BATCH) -> FlushStats:
             raise
         _mark_fresh(r, fresh)
         stats.reports = len(reports)
-    stats.results = _flush_results(r, limit)
     stats.full = len(device_ids) >= limit or stats.results >= limit
     stats.seconds = time.monotonic() - started
     return stats

@@ -226,7 +226,7 @@ class TestBufferedIngestion:
 
     def test_a_deleted_device_is_refused_at_once_despite_the_cache(self, client, registered, django_capture_on_commit_callbacks):
         device, key = registered
-        assert patch(client, key, {"status": "idle"}).status_code == 204  # identity now cached
+        assert patch(client, key, {"ip_address": "10.9.9.9"}).status_code == 204  # identity now cached
         with django_capture_on_commit_callbacks(execute=True):
             device.delete()
         assert patch(client, key, {"status": "idle"}).status_code == 401
@@ -341,6 +341,31 @@ class TestResult:
         ingest.flush()
         action.refresh_from_db()
         assert (action.succeeded_count, action.sent_count, action.state) == (1, 0, "done")
+
+    def test_a_result_is_recorded_before_the_reports_waiting_with_it(self, client, registered, monkeypatch):
+        from devices.models import ActionDelivery, DeviceAction
+        from devices.services import action_record
+
+        device, key = registered
+        action = action_record(actor=make_user(), kind="restart", fleet=device.fleet, summary="")
+        DeviceAction.objects.filter(pk=action.pk).update(state="dispatching", sent_count=1, target_count=1)
+        ActionDelivery.objects.create(action=action, device=device, device_uuid=device.uuid,
+                                      device_name=device.name, state="sent")
+        report = client.patch(STATE, {"ip_address": "10.9.9.9"}, content_type="application/json", **auth(key))
+        assert report.status_code == 204
+        client.post(RESULT, {"key": f"{action.pk}-{device.pk}", "state": "succeeded", "reason": "ok"},
+                    content_type="application/json", **auth(key))
+
+        def database_gone(reports):
+            raise RuntimeError("the reports could not be written")
+
+        monkeypatch.setattr(ingest, "apply_reports", database_gone)
+        with pytest.raises(RuntimeError):
+            ingest.flush()
+        action.refresh_from_db()
+        assert (action.succeeded_count, action.state) == (1, "done")  # the result, written first
+        monkeypatch.undo()
+        assert ingest.flush().reports == 1  # and the report, put back, by the next flush
 
     def test_a_key_of_another_device_is_refused(self, client, registered, fleet):
         device, key = registered

@@ -226,7 +226,7 @@ class TestBufferedIngestion:
 
     def test_a_deleted_device_is_refused_at_once_despite_the_cache(self, client, registered, django_capture_on_commit_callbacks):
         device, key = registered
-        assert patch(client, key, {"ip_address": "10.9.9.9"}).status_code == 204  # identity now cached
+        assert patch(client, key, {"status": "idle"}).status_code == 204  # identity now cached
         with django_capture_on_commit_callbacks(execute=True):
             device.delete()
         assert patch(client, key, {"status": "idle"}).status_code == 401

@@ -437,20 +437,25 @@ class Agent:
         self._updating = True
         self.spawn(work)
 
-    async def report_with_result(self, key: str, state: str, reason: str, within: float = 0.0) -> None:
+    async def report_with_result(
+        self, key: str, state: str, reason: str, report_by: float | None = None
+    ) -> None:
         """Report what an action changed, carrying its result: one request, not two (PROTOCOL.md).
-        `within` > 0 (the push's report_within_s): the result may wait that long for a report. When
-        the next heartbeat is due by then, it carries the result (no request of its own); else a
-        report goes at a random moment of those seconds, so a large action's results spread
-        evenly. A report that is not accepted sends its results on their own (post_result)."""
+        `report_by` (loop time: the push's report_within_s after it was accepted): the result may
+        wait until then for a report. When the next heartbeat is due by then, it carries the result
+        (no request of its own); else a report goes at a random moment of the time left, so a large
+        action's results spread evenly. An action that took the whole window (a service killed
+        after the grace period) reports at once. A report that is not accepted sends its results
+        on their own (post_result)."""
         self.device.remember_result(key, state, reason)
         self._riding[key] = {"key": key, "state": state, "reason": reason}
-        if within <= 0:
+        now = asyncio.get_running_loop().time()
+        left = 0.0 if report_by is None else report_by - now
+        if left <= 0:
             await self.report()
             return
-        now = asyncio.get_running_loop().time()
-        if self._next_heartbeat() - now > within:  # else the heartbeat takes it
-            self.spawn(self._report_at(now + self.sim.rng.uniform(0, within), key))
+        if self._next_heartbeat() - now > left:  # else the heartbeat takes it
+            self.spawn(self._report_at(now + self.sim.rng.uniform(0, left), key))
 
     async def _report_at(self, when: float, key: str) -> None:
         await self.sim.wakeups.sleep_until(when)
@@ -527,25 +532,32 @@ class Agent:
             }
         dev.remember_key(key)
         metrics.count("pushes")
-        self.spawn(self._run_action(kind, key, within))
+        # The window counts from now: the time the action itself takes (a grace period) is part of it.
+        report_by = asyncio.get_running_loop().time() + within if within > 0 else None
+        self.spawn(self._run_action(kind, key, report_by))
         return 202, {"accepted": True}
 
-    async def _run_action(self, kind: str, key: str, within: float = 0.0) -> None:
-        """Run one accepted action. `within`: how long a restart's or a purge's result may wait
-        for a report (report_with_result); a reboot and a shutdown report at once, as the device
-        goes dark."""
+    async def _run_action(self, kind: str, key: str, report_by: float | None = None) -> None:
+        """Run one accepted action. `report_by`: until when a restart's or a purge's result may
+        wait for a report (report_with_result); a reboot and a shutdown report at once, as the
+        device goes dark."""
         async with self._action_lock:
             dev = self.device
             boot = dev.boot_id
             if not self._alive(boot):
                 return  # lost power before its turn: never done, never reported
             dev.actions_executed[kind] += 1
-            dev.log_event(kind, f"key {key}" + (f"; the result may wait {within:g} s" if within else ""))
+            wait = (
+                f"; the result may wait {report_by - asyncio.get_running_loop().time():.0f} s"
+                if report_by
+                else ""
+            )
+            dev.log_event(kind, f"key {key}{wait}")
             self.sim.metrics.count(f"executed_{kind}")
             if kind == "restart":
-                await self._restart(key, boot, within)
+                await self._restart(key, boot, report_by)
             elif kind == "purge":
-                await self._purge(key, boot, within)
+                await self._purge(key, boot, report_by)
             elif kind == "reboot":
                 await self._reboot(key, boot)
             elif kind == "shutdown":
@@ -579,22 +591,22 @@ class Agent:
             reason += f"; {', '.join(killed)} killed after {self.sim.sigkill_after:g} s"
         return reason
 
-    async def _restart(self, key: str, boot: int, within: float) -> None:
+    async def _restart(self, key: str, boot: int, report_by: float | None) -> None:
         killed = await self._stop_services(boot)
         if killed is None:
             return
         self.device.recreate_containers(self.sim.rng)
         reason = self._services_reason("recreated", killed)
-        await self.report_with_result(key, "succeeded", reason, within)
+        await self.report_with_result(key, "succeeded", reason, report_by)
 
-    async def _purge(self, key: str, boot: int, within: float) -> None:
+    async def _purge(self, key: str, boot: int, report_by: float | None) -> None:
         killed = await self._stop_services(boot)
         if killed is None:
             return
         what = self.device.clear_persistent_data()
         self.device.recreate_containers(self.sim.rng)
         reason = f"{what}; {self._services_reason('restarted', killed)}"
-        await self.report_with_result(key, "succeeded", reason, within)
+        await self.report_with_result(key, "succeeded", reason, report_by)
 
     async def _go_down_and_boot(self, boot: int) -> bool:
         """Report `rebooting`, stay dark for reboot_seconds, boot. False if power was lost meanwhile."""

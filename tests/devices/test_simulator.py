@@ -657,6 +657,28 @@ def test_results_allowed_to_wait_longer_than_to_the_next_heartbeat_come_spread_o
     run(scenario)
 
 
+def test_the_window_a_result_may_wait_counts_from_the_push_so_a_grace_period_uses_it_up():
+    """report_within_s is counted from the push: devices whose restart waited out the SIGKILL
+    grace (0.8 s of a 1 s window) report within what is left of it, not a whole window later."""
+
+    async def scenario():
+        async with running(sigkill_after=0.8) as (server, sim, session):  # heartbeats every 30 s
+            devices = [new_device(sim, services=["main"], ignores_sigterm="main") for _ in range(10)]
+            await online(server, sim, *devices)
+            pushed = time.monotonic()
+            for index, device in enumerate(devices):
+                body = {"key": f"10-{index}", "params": {}, "report_within_s": 1}
+                assert (await push(session, sim, device, "/v1/actions/restart", body))[0] == 202
+            await wait_for(lambda: len(server.results) == 10, what="the results")
+            arrived = sorted(at - pushed for _, _, at in server.results)
+            assert arrived[0] >= 0.8 and arrived[-1] < 1.3, arrived
+            assert {r["reason"] for r in server.results_of(devices[0].uuid)} == {
+                "1 service recreated; main killed after 0.8 s"
+            }
+
+    run(scenario)
+
+
 def test_a_result_allowed_to_wait_is_reported_in_time_by_an_agent_whose_report_loop_has_not_started():
     """A provisioned device whose agent has not yet started its schedule (start_spread) still
     answers pushes; with no heartbeat coming, the result goes within the window all the same."""

@@ -8,7 +8,7 @@ class DevicesConfig(AppConfig):
     verbose_name = "Devices and actions"
 
     def ready(self):
-        from devices import targets
+        from devices import lookups, targets  # noqa: F401 (lookups: registers field__any_of)
         from devices.models import Device
 
         targets.connect()

@@ -1042,7 +1042,7 @@ def record_results(groups: dict[tuple[int, str, str], list[int]]) -> int:
     moved = 0
     counts: CountChanges = defaultdict(Counter)
     for (action_id, state, reason), device_ids in groups.items():
-        rows = ActionDelivery.objects.filter(action_id=action_id, device_id__in=device_ids)
+        rows = ActionDelivery.objects.filter(action_id=action_id, device_id__any_of=device_ids)
         moved += _transition(
             action_id,
             rows,

@@ -318,6 +318,53 @@ class TestBacklogOrder:
         assert r.zcard(ingest.DIRTY) == 0
 
 
+class TestResultsBeforeReports:
+    """While results keep coming (a fleet-wide restart), a flush writes batch after batch of them
+    before the reports waiting behind, for up to RESULTS_FIRST_S; the reports are written after."""
+
+    @pytest.fixture
+    def pushed(self, fleet):
+        from devices.models import ActionDelivery, DeliveryState, DeviceAction
+
+        devices = known_devices(fleet, 5)
+        action = DeviceAction.objects.create(
+            organization=fleet.organization, fleet=fleet, fleet_name="x", actor_name="x", kind="restart",
+            scope="fleet", state="dispatching", sent_count=5, target_count=5,
+        )  # fmt: skip
+        ActionDelivery.objects.bulk_create(
+            ActionDelivery(action=action, device=d, device_uuid=d.uuid, device_name=d.name, state=DeliveryState.SENT)
+            for d, _ in devices
+        )  # fmt: skip
+        now = timezone.now()
+        for device, key in devices:
+            ingest.buffer_report_by_key(hash_secret(key), {"agent_status": "idle"}, now)
+            ingest.buffer_result(device.pk, f"{action.pk}-{device.pk}", "succeeded", "1 service recreated")
+        return action, devices
+
+    def outcomes(self, action, devices):
+        states = dict(action.deliveries.values_list("device_id", "state"))
+        online = {d.pk for d in Device.objects.filter(pk__in=states) if d.is_online}
+        return sorted(states.values()), len(online)
+
+    def test_every_waiting_batch_of_results_goes_before_the_reports(self, pushed):
+        action, devices = pushed
+        stats = ingest.flush(limit=2)  # results 2 + 2 + 1, then the first 2 devices' reports
+        assert (stats.results, stats.reports) == (5, 2)
+        assert self.outcomes(action, devices) == (["succeeded"] * 5, 2)
+        action.refresh_from_db()
+        assert (action.succeeded_count, action.sent_count) == (5, 0)
+
+    def test_after_results_first_s_the_reports_get_their_turn(self, pushed, monkeypatch):
+        action, devices = pushed
+        monkeypatch.setattr(ingest, "RESULTS_FIRST_S", 0.0)
+        stats = ingest.flush(limit=2)
+        assert (stats.results, stats.reports, stats.full) == (2, 2, True)
+        assert self.outcomes(action, devices) == (["sent"] * 3 + ["succeeded"] * 2, 2)
+        while ingest.flush(limit=2).full:  # as the flusher's loop does
+            pass
+        assert self.outcomes(action, devices) == (["succeeded"] * 5, 5)
+
+
 class TestHeartbeatsOfFreshDevices:
     """A heartbeat (`{}`: nothing but being there) of a device whose last_seen_at the database has
     recently is not buffered at all: the flusher would only drop it. Anything else still is."""

@@ -58,6 +58,7 @@ class Plan:
     agent_port: int
     agent_processes: int  # serve_agent_api processes sharing agent_port; 0: gunicorn serves agents too
     poll_interval: float
+    worker_processes: int
     duration: float
     ingest_duration: float
     load_users: int
@@ -125,10 +126,10 @@ def start_server_side(plan: Plan) -> None:
     for index in range(plan.agent_processes):
         start(f"agents{index}", _manage("serve_agent_api", "--port", str(plan.agent_port), "--threads", "4"))
     start("flusher", _manage("flush_agent_reports", "--loop"))
-    # 4 processes as the deploy docs' `deliver` queue has (2 before: a restart's fan-out waited on
+    # --worker-processes, default 4 as the deploy docs' `deliver` queue has (2 before: a restart's fan-out waited on
     # the action row's lock with more; 67 s with 4, 70 s with 2, now that it does not, 2026-12-03).
     start("worker", [sys.executable, "-m", "celery", "-A", "dashboard", "worker", "-B",
-                     "-s", str(logs / "celerybeat-schedule"), "-P", "prefork", "-c", "4",
+                     "-s", str(logs / "celerybeat-schedule"), "-P", "prefork", "-c", str(plan.worker_processes),
                      "--without-gossip", "--without-mingle", "-l", "warning", "-n", "bench-scale@%h"])  # fmt: skip
     _wait(lambda: _listening(plan.web_port), 60, "the web server", plan)
     if plan.agent_processes:

@@ -133,6 +133,12 @@ class Command(BaseCommand):
             help="serve_agent_api processes for the agents' traffic, on --web-port + 1 (default 2; 0: gunicorn)",
         )  # fmt: skip
         parser.add_argument(
+            "--worker-processes",
+            type=int,
+            default=4,
+            help="Celery worker processes (prefork; default 4, as the deploy docs' deliver queue has)",
+        )
+        parser.add_argument(
             "--first-simulator-port",
             type=int,
             default=21100,
@@ -237,6 +243,7 @@ class Command(BaseCommand):
             fleet=fleet, probes=fleet.probes, run_dir=run_dir, web_port=options["web_port"],
             web_workers=options["web_workers"], web_threads=options["web_threads"], poll_interval=options["poll_interval"],
             agent_port=options["web_port"] + 1, agent_processes=options["agent_processes"],
+            worker_processes=options["worker_processes"],
             duration=options["duration"], ingest_duration=options["ingest_duration"],
             load_users=options["users"], load_duration=options["load_duration"],
             restart_timeout=options["restart_timeout"], env=env, log=log,

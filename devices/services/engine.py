@@ -678,7 +678,7 @@ def _deliver(action_id: int, rows: QuerySet, claim: str) -> None:
     if not device_ids:
         return
     targets = list(
-        Device.objects.filter(pk__in=device_ids).order_by("pk").values("pk", "uuid", "api_address")
+        Device.objects.filter(pk__any_of=device_ids).order_by("pk").values("pk", "uuid", "api_address")
     )
     with contextlib.suppress(RedisError):  # without it the agents' results take the database read
         ingest.remember_sent(action_id, device_ids)
@@ -706,7 +706,7 @@ def _record_push_results(action_id: int, rows: QuerySet, results: list[PushResul
         for (state, reason), ids in groups.items():
             _transition(
                 action_id,
-                rows.filter(device_id__in=ids),
+                rows.filter(device_id__any_of=ids),
                 [DeliveryState.SENDING],
                 state,
                 reason=reason,

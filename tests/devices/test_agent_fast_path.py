@@ -317,6 +317,27 @@ class TestBacklogOrder:
         assert written == [device.pk for device, _ in reversed(devices)]
         assert r.zcard(ingest.DIRTY) == 0
 
+    def test_a_device_fresh_in_the_database_waits_behind_one_due_for_a_write(self, fleet, settings):
+        """A fleet-wide restart has every device send a whole report (new containers): those of
+        devices whose last_seen_at the database has recently wait behind the heartbeats of devices
+        that need one written not to look offline, even when they came first."""
+        settings.DEVICE_OFFLINE_AFTER_S = 60
+        r = ingest.redis_client()
+        (fresh, fresh_key), (due, due_key) = known_devices(fleet, 2)
+        for _, key in ((fresh, fresh_key), (due, due_key)):
+            ingest.buffer_report_by_key(hash_secret(key), {"agent_status": "idle"}, timezone.now())
+        ingest.flush()
+        r.delete(ingest._fresh_key(due.pk))  # its heartbeat is due to be written: what expiry does
+        services = [{"name": "web", "image": "web:2", "status": "running", "container_id": "cd" * 32}]
+        ingest.buffer_report_by_key(hash_secret(fresh_key), {"services": services}, timezone.now())
+        ingest.buffer_report_by_key(hash_secret(due_key), {}, timezone.now())
+        assert r.zcard(ingest.DIRTY) == 2 and r.scard(ingest.URGENT) == 0
+
+        ingest.flush(limit=1)
+        assert not r.exists(ingest._report_key(due.pk)) and r.exists(ingest._report_key(fresh.pk))
+        ingest.flush(limit=1)
+        assert Device.objects.get(pk=fresh.pk).services == services
+
 
 class TestResultsBeforeReports:
     """While results keep coming (a fleet-wide restart), a flush writes batch after batch of them

@@ -517,9 +517,10 @@ def post_restart(plan: Plan, cookie: str) -> int:
 def follow_action(plan: Plan, action_id: int, posted: float) -> dict:
     """Poll the action's counters until it is done (or the timeout): fan-out and end-to-end times."""
     fanout = done = None
-    row, timeline, noted = {}, [], 0.0
+    row, timeline, noted, shown_offline = {}, [], 0.0, 0
     r = redis.Redis.from_url(settings.REDIS_URL)
     before = simulator_action_totals(plan)
+    fleet = Device.objects.filter(fleet=plan.fleet.fleet)
     while time.monotonic() - posted < plan.restart_timeout:
         close_old_connections()
         row = DeviceAction.objects.filter(pk=action_id).values().get()
@@ -532,10 +533,15 @@ def follow_action(plan: Plan, action_id: int, posted: float) -> dict:
             )
             sims = simulator_action_totals(plan)
             taken, results = (sims[k] - before[k] for k in ("pushes", "results"))
+            # Every device keeps reporting through its restart: one the pages count offline is a
+            # liveness error (its reports waiting behind the restart's in the flusher).
+            offline = plan.fleet.size - fleet.filter(online_q()).count()
+            shown_offline = max(shown_offline, offline)
             timeline.append(
                 f"{noted - posted:.0f}s: {row['sent_count']:,} sent, {final:,} final "
                 f"(simulators: {taken:,} pushes taken, {results:,} results sent; waiting in Redis: "
-                f"{r.xlen(ingest.RESULTS):,} results, {r.zcard(ingest.DIRTY):,} reports)"
+                f"{r.xlen(ingest.RESULTS):,} results, {r.zcard(ingest.DIRTY):,} reports; "
+                f"shown offline: {offline:,})"
             )
         dispatched = row["state"] in (ActionState.DISPATCHING, ActionState.DONE)
         if fanout is None and dispatched and row["pending_count"] == 0 and row["sending_count"] == 0:
@@ -546,9 +552,12 @@ def follow_action(plan: Plan, action_id: int, posted: float) -> dict:
         time.sleep(0.5)
     states = ["succeeded", "failed", "missed", "unsupported", "blocked", "sent", "pending", "sending"]
     plan.log("  progress: " + "; ".join(timeline))
-    return {"fanout_s": fanout, "end_to_end_s": done, "target": row.get("target_count", 0)} | {
-        state: row.get(f"{state}_count", 0) for state in states
-    }
+    return {
+        "fanout_s": fanout,
+        "end_to_end_s": done,
+        "target": row.get("target_count", 0),
+        "shown_offline_max": shown_offline,
+    } | {state: row.get(f"{state}_count", 0) for state in states}
 
 
 SIMULATOR_ACTION_TOTALS = (
@@ -580,6 +589,7 @@ def measure_restart(plan: Plan, cookie: str) -> dict:
     res[f"restart_fleet.fanout_s.{label}"] = _rounded(outcome["fanout_s"], plan.restart_timeout)
     for state in ("succeeded", "failed", "missed", "unsupported", "blocked"):
         res[f"restart_fleet.{state}.{label}"] = outcome[state]
+    res[f"restart_fleet.reporting_shown_offline.max.{label}"] = outcome["shown_offline_max"]
     record_resources(plan, f"restart_fleet.{label}", used.figures())
     plan.log(f"  {outcome}; CPU/memory: {used.figures()}")
     return outcome

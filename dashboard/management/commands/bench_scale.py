@@ -83,6 +83,7 @@ ROWS = [
     ("restart_fleet.missed.{label}", "  missed (offline)"),
     ("restart_fleet.unsupported.{label}", "  unsupported (agent < 1.1.0)"),
     ("restart_fleet.blocked.{label}", "  blocked (update lock)"),
+    ("restart_fleet.reporting_shown_offline.max.{label}", "  reporting all along, counted offline, max"),
     ("restart_fleet.{label}.cpu_percent.agents", "  CPU %: agent API server"),
     ("restart_fleet.{label}.cpu_percent.web", "  CPU %: gunicorn"),
     ("restart_fleet.{label}.cpu_percent.worker", "  CPU %: Celery worker + beat"),

@@ -355,7 +355,8 @@ def flush(limit: int = FLUSH_BATCH) -> FlushStats:
     RESULTS_FIRST_S while whole batches of them wait (what the person who started an action waits
     for; a report is a snapshot that the device's next one repeats, and while the cores are busy
     with a fleet-wide restart there are tens of thousands of them waiting behind each flush), then
-    up to `limit` devices' reports: urgent devices first, then those that have waited longest."""
+    up to `limit` devices' reports: urgent devices first, then in the order they would go stale
+    (DIRTY). A short queue is taken whole, whatever the scores."""
     started = time.monotonic()
     r = redis_client()
     stats = FlushStats()

@@ -339,6 +339,66 @@ class TestBacklogOrder:
         assert Device.objects.get(pk=fresh.pk).services == services
 
 
+class TestKeptSeenUnderABacklog:
+    """Under a backlog, devices whose turn has come but that a flush does not reach get their
+    last_seen_at written alone, so that a device reporting all along is never shown offline while
+    the whole reports of a fleet-wide restart wait; their reports are written later."""
+
+    @pytest.fixture
+    def due(self, fleet, settings):
+        settings.DEVICE_OFFLINE_AFTER_S = 60
+        devices = known_devices(fleet, 4)
+        for _, key in devices:
+            ingest.buffer_report_by_key(hash_secret(key), {"agent_status": "idle"}, timezone.now())
+        ingest.flush()
+        r = ingest.redis_client()
+        ids = [device.pk for device, _ in devices]
+        # 40 s since they were last written: online still, no longer fresh, a heartbeat is due.
+        Device.objects.filter(pk__in=ids).update(last_seen_at=timezone.now() - timedelta(seconds=40))
+        r.delete(*[ingest._fresh_key(pk) for pk in ids])
+        return devices
+
+    def last_seen(self, device):
+        return Device.objects.get(pk=device.pk).last_seen_at
+
+    def test_the_devices_a_flush_does_not_reach_are_kept_seen_and_written_later(self, due):
+        r = ingest.redis_client()
+        (first, first_key), (second, second_key), (gone, gone_key), (urgent, urgent_key) = due
+        # One the database already shows offline (its reports lost in the backlog): it waits for its
+        # report, whose writing acts on its coming back.
+        Device.objects.filter(pk=gone.pk).update(last_seen_at=timezone.now() - timedelta(minutes=2))
+        before = {d.pk: self.last_seen(d) for d, _ in due}
+        services = [{"name": "web", "image": "web:2", "status": "running", "container_id": "ef" * 32}]
+        for _, key in (due[0], due[1], due[2]):
+            ingest.buffer_report_by_key(hash_secret(key), {"services": services}, timezone.now())
+        ingest.buffer_report_by_key(hash_secret(urgent_key), {"agent_status": "updating"}, timezone.now())
+        assert r.smembers(ingest.URGENT) == {str(urgent.pk).encode()}
+        assert ingest._keep_seen(r) == 2  # not the urgent one, nor the one shown offline
+        assert self.last_seen(urgent) == before[urgent.pk] and self.last_seen(gone) == before[gone.pk]
+        for device in (first, second):
+            assert self.last_seen(device) > before[device.pk] and Device.objects.get(pk=device.pk).is_online
+            assert r.exists(ingest._report_key(device.pk)) and r.exists(ingest._fresh_key(device.pk))
+            assert Device.objects.get(pk=device.pk).services != services  # the report waits
+        assert ingest._keep_seen(r) == 0  # scored by their new freshness: not due again
+        while ingest.flush(limit=1).full:
+            pass
+        assert all(Device.objects.get(pk=d.pk).services == services for d in (first, second, gone))
+        assert Device.objects.get(pk=urgent.pk).agent_status == "updating"
+        assert all(Device.objects.get(pk=d.pk).is_online for d, _ in due)
+
+    def test_a_flush_with_a_backlog_keeps_the_rest_seen(self, due):
+        for _, key in due:
+            ingest.buffer_report_by_key(hash_secret(key), {"uptime_s": 99}, timezone.now())
+        stats = ingest.flush(limit=1)
+        assert (stats.reports, stats.kept_seen, stats.full) == (1, 3, True)
+        r = ingest.redis_client()
+        stats = ingest.flush(limit=10)  # no backlog: the rest taken, nothing kept seen apart
+        assert stats.kept_seen == 0 and r.zcard(ingest.DIRTY) == 0
+        assert not any(r.exists(ingest._report_key(device.pk)) for device, _ in due)
+        # Nothing but uptime, and last_seen_at written just before: nothing more to write.
+        assert stats.reports == 0 and all(Device.objects.get(pk=d.pk).is_online for d, _ in due)
+
+
 class TestResultsBeforeReports:
     """While results keep coming (a fleet-wide restart), a flush writes batch after batch of them
     before the reports waiting behind, for up to RESULTS_FIRST_S; the reports are written after."""

@@ -4,6 +4,7 @@ Django view, and everything it does not handle reaches Django unchanged."""
 import io
 import json
 import sys
+import time
 from datetime import timedelta
 
 import pytest
@@ -369,9 +370,10 @@ class TestKeptSeenUnderABacklog:
         Device.objects.filter(pk=gone.pk).update(last_seen_at=timezone.now() - timedelta(minutes=2))
         before = {d.pk: self.last_seen(d) for d, _ in due}
         services = [{"name": "web", "image": "web:2", "status": "running", "container_id": "ef" * 32}]
+        waited = timezone.now() - timedelta(seconds=20)  # past their turn by more than 15 s
         for _, key in (due[0], due[1], due[2]):
-            ingest.buffer_report_by_key(hash_secret(key), {"services": services}, timezone.now())
-        ingest.buffer_report_by_key(hash_secret(urgent_key), {"agent_status": "updating"}, timezone.now())
+            ingest.buffer_report_by_key(hash_secret(key), {"services": services}, waited)
+        ingest.buffer_report_by_key(hash_secret(urgent_key), {"agent_status": "updating"}, waited)
         assert r.smembers(ingest.URGENT) == {str(urgent.pk).encode()}
         assert ingest._keep_seen(r) == 2  # not the urgent one, nor the one shown offline
         assert self.last_seen(urgent) == before[urgent.pk] and self.last_seen(gone) == before[gone.pk]
@@ -386,11 +388,19 @@ class TestKeptSeenUnderABacklog:
         assert Device.objects.get(pk=urgent.pk).agent_status == "updating"
         assert all(Device.objects.get(pk=d.pk).is_online for d, _ in due)
 
-    def test_a_flush_with_a_backlog_keeps_the_rest_seen(self, due):
-        for _, key in due:
+    def test_a_flush_with_a_backlog_keeps_the_rest_seen_once_they_are_late(self, due):
+        r = ingest.redis_client()
+        (late, late_key), *others = due
+        for _, key in others:  # just now: their turn has come, but the queue may reach them in time
             ingest.buffer_report_by_key(hash_secret(key), {"uptime_s": 99}, timezone.now())
+        waited = timezone.now() - timedelta(seconds=20)
+        ingest.buffer_report_by_key(hash_secret(late_key), {"uptime_s": 99}, waited)
+        stats = ingest.flush(limit=1)  # the late one first, as the oldest
+        assert (stats.reports, stats.kept_seen, stats.full) == (1, 0, True)
+        assert not r.exists(ingest._report_key(late.pk))
+        r.zadd(ingest.DIRTY, {device.pk: time.time() - 20 for device, _ in others}, xx=True)  # later
         stats = ingest.flush(limit=1)
-        assert (stats.reports, stats.kept_seen, stats.full) == (1, 3, True)
+        assert (stats.kept_seen, stats.full) == (2, True)
         r = ingest.redis_client()
         stats = ingest.flush(limit=10)  # no backlog: the rest taken, nothing kept seen apart
         assert stats.kept_seen == 0 and r.zcard(ingest.DIRTY) == 0

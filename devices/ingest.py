@@ -448,6 +448,14 @@ def _keep_seen(r: redis.Redis) -> int:
     )
     cutoff, kept_ids = online_cutoff(), []
     with transaction.atomic(), connection.cursor() as cursor:
+        # Locked in id order first, as apply_reports locks them: several flushers (one per worker
+        # by default) may hold the same devices, and an UPDATE's join locks in no particular order.
+        list(
+            Device.objects.filter(pk__any_of=[i for i, _ in rows])
+            .order_by("id")
+            .select_for_update()
+            .values_list("id")
+        )
         if connection.vendor == "postgresql":  # one statement, one JSON document (bulk_update_devices)
             document = json.dumps([{"id": device_id, "seen": at.isoformat()} for device_id, at in rows])
             cursor.execute(
